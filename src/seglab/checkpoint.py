@@ -1,0 +1,38 @@
+"""Rebuild a trained LightningModule from a seglab checkpoint alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from seglab.errors import SeglabError
+from seglab.modules import MODULES
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The network, loss and class metadata of a checkpoint written by `seglab.train`,
+    as a `SegmentationModule` or `ClassificationModule` in eval mode.
+
+    The checkpoint carries the composed config (see `seglab.callbacks.RunRecord`), so
+    neither the data nor the original config files are needed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SeglabError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    record = checkpoint.get("seglab")
+    if record is None:
+        raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
+    cfg = OmegaConf.create(record["config"])
+    module = MODULES[record["task"]](
+        instantiate(cfg.model),
+        instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        **checkpoint["hyper_parameters"],
+    )
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()

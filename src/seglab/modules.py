@@ -1,0 +1,270 @@
+"""The LightningModules: a built network and loss in, training/validation/test loops out.
+
+They receive built objects (net, loss) and factories (optimizer, scheduler) and never
+read a config, so they work from plain Python as well as from `seglab.train`:
+
+    module = SegmentationModule(net, loss, partial(torch.optim.AdamW, lr=1e-3),
+                                class_names=["background", "cat"], ignore_index=255)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from seglab.data.base import SeglabDataModule, Task
+from seglab.errors import SeglabError
+from seglab.metrics import SegmentationMetrics
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+Interval = Literal["step", "epoch"]
+
+# Arguments by which torch's schedulers take the length of the whole schedule
+# (PolynomialLR, CosineAnnealingLR, OneCycleLR). Left out of the config, they are set
+# to the run's length, in steps or epochs as `scheduler_interval` says.
+_SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
+
+
+def schedule_length_kwargs(factory: SchedulerFactory, length: int) -> dict[str, int]:
+    """`{arg: length}` for each schedule-length argument `factory` takes and leaves unset."""
+    func, given = (
+        (factory.func, factory.keywords) if isinstance(factory, partial) else (factory, {})
+    )
+    params = inspect.signature(func).parameters
+    return {name: length for name in _SCHEDULE_LENGTH_ARGS if name in params and name not in given}
+
+
+class _TaskModule(L.LightningModule):
+    """Shared loop: one `_shared_step` for train/val/test, epoch-wide metrics per stage."""
+
+    task: Task
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        class_names: Sequence[str],
+        ignore_index: int,
+        scheduler_interval: Interval = "step",
+    ) -> None:
+        super().__init__()
+        # net and loss are saved as weights; the factories are rebuilt from the config
+        # (stored in checkpoints by seglab.train), so only plain values go in hparams.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        if scheduler_interval not in ("step", "epoch"):
+            raise SeglabError(
+                f"scheduler_interval must be 'step' or 'epoch'; got {scheduler_interval!r}"
+            )
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.ignore_index = ignore_index
+        self.scheduler_interval = scheduler_interval
+        metrics = self._make_metrics()
+        self.val_metrics = metrics.clone()
+        self.test_metrics = metrics.clone()
+
+    def _make_metrics(self) -> SegmentationMetrics | MetricCollection:
+        raise NotImplementedError
+
+    def _metric_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def metric_names(self, stage: str = "val") -> list[str]:
+        """Names this module logs at the end of each `stage` epoch, e.g. "val/mIoU"."""
+        return [f"{stage}/loss"] + [f"{stage}/{name}" for name in self._metric_names()]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        if stage != "train":
+            getattr(self, f"{stage}_metrics").update(logits.detach(), targets)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=stage != "train",
+            batch_size=images.shape[0],
+        )
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()  # synced across DDP ranks by torchmetrics
+        metrics.reset()
+        # Summaries (mIoU, acc, ...) go on the progress bar; per-class values ("IoU/cat") not.
+        for on_bar in (True, False):
+            self.log_dict(
+                {
+                    f"{stage}/{name}": value
+                    for name, value in values.items()
+                    if ("/" not in name) == on_bar
+                },
+                prog_bar=on_bar,
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        length = (
+            self.trainer.estimated_stepping_batches
+            if self.scheduler_interval == "step"
+            else self.trainer.max_epochs
+        )
+        scheduler = self.scheduler_factory(
+            optimizer, **schedule_length_kwargs(self.scheduler_factory, int(length))
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+
+class SegmentationModule(_TaskModule):
+    """Semantic segmentation: logs loss, mIoU, per-class IoU and accuracy, pixel accuracy,
+    mean accuracy and mean Dice under `train/`, `val/`, `test/`.
+
+    Args:
+        net: maps images (N, 3, H, W) to logits (N, C, H, W).
+        loss: called as `loss(logits, mask)` with mask LongTensor (N, H, W).
+        optimizer: factory called with the parameters, e.g. `partial(torch.optim.AdamW, lr=1e-3)`.
+        scheduler: factory called with the optimizer, or None; a schedule-length argument
+            it leaves unset (total_iters, T_max, total_steps) is set to the run's length.
+        class_names: one per class, in label order (C names).
+        ignore_index: mask value of void pixels, excluded from loss (configure the loss
+            with it) and metrics.
+        scheduler_interval: "step" to advance the scheduler every optimizer step (the
+            convention of poly, cosine and one-cycle schedules), "epoch" every epoch.
+    """
+
+    task = "segmentation"
+
+    def _make_metrics(self) -> SegmentationMetrics:
+        return SegmentationMetrics(self.class_names, ignore_index=self.ignore_index)
+
+    def _metric_names(self) -> list[str]:
+        return self.val_metrics.names
+
+
+class ClassificationModule(_TaskModule):
+    """Image classification: logs loss, top-1 accuracy (`acc`), mean per-class accuracy
+    (`mAcc`) and, with more than 5 classes, top-5 accuracy (`acc_top5`).
+
+    Args: as `SegmentationModule`, with targets LongTensor (N,) and logits (N, C).
+    """
+
+    task = "classification"
+
+    def _make_metrics(self) -> MetricCollection:
+        metrics = {
+            "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+            "mAcc": MulticlassAccuracy(self.num_classes, average="macro"),
+        }
+        if self.num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics)
+
+    def _metric_names(self) -> list[str]:
+        return list(self.val_metrics.keys())
+
+
+MODULES: dict[Task, type[_TaskModule]] = {
+    "segmentation": SegmentationModule,
+    "classification": ClassificationModule,
+}
+
+
+def check_net_fits_data(net: nn.Module, datamodule: SeglabDataModule) -> None:
+    """Raise `SeglabError` unless `net` maps a batch shaped like the data's images to logits
+    of the data's task and class count. Costs one forward pass on one small image."""
+    task, num_classes = datamodule.task, datamodule.num_classes
+    net_name, data_name = type(net).__name__, type(datamodule).__name__
+    height, width = datamodule.input_size
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            logits = net(torch.zeros(1, 3, height, width))
+    except Exception as err:  # any failure here is a config mismatch; say which
+        raise SeglabError(
+            f"model {net_name} fails on an image shaped like {data_name}'s "
+            f"(1, 3, {height}, {width}): {err}"
+        ) from err
+    finally:
+        net.train(was_training)
+    out_task = {2: "classification", 4: "segmentation"}.get(logits.ndim, f"{logits.ndim}-d output")
+    if out_task != task:
+        hint = (
+            "a classifier such as model=cnn"
+            if task == "classification"
+            else "a segmentation model such as model=unet"
+        )
+        raise SeglabError(
+            f"model {net_name} does {out_task} (logits {tuple(logits.shape)}) but data "
+            f"{data_name} is a {task} dataset; use {hint}, or an experiment that pairs them"
+        )
+    if logits.shape[1] != num_classes:
+        raise SeglabError(
+            f"model {net_name} predicts {logits.shape[1]} classes but data {data_name} has "
+            f"num_classes={num_classes}; let the model read ${{data.num_classes}}"
+        )
+
+
+def build_module(
+    datamodule: SeglabDataModule,
+    net: nn.Module,
+    loss: nn.Module,
+    optimizer: OptimizerFactory,
+    scheduler: SchedulerFactory | None = None,
+    **kwargs: Any,
+) -> _TaskModule:
+    """The LightningModule of the data's task, after checking the net fits the data."""
+    check_net_fits_data(net, datamodule)
+    return MODULES[datamodule.task](
+        net,
+        loss,
+        optimizer,
+        scheduler,
+        class_names=datamodule.class_names,
+        ignore_index=datamodule.ignore_index,
+        **kwargs,
+    )

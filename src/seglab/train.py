@@ -1,0 +1,136 @@
+"""Train, then test the best checkpoint.
+
+    python -m seglab.train                                   # UNet on the embedded shapes
+    python -m seglab.train model=fcn
+    python -m seglab.train experiment=shapes_cnn              # the plain CNN classifier
+    python -m seglab.train model=unet model.encoder_name=resnet34 optimizer=sgd optimizer.lr=0.05
+    python -m seglab.train --help                             # every group and option
+
+Each run writes into outputs/train/runs/<time>/: `.hydra/` (composed config, overrides),
+`run_info.json` (seed, versions, git commit), `checkpoints/`, `tensorboard/`, `train.log`
+and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from seglab.callbacks import RunRecord
+from seglab.config import CONFIG_DIR
+from seglab.data.base import SeglabDataModule
+from seglab.errors import SeglabError
+from seglab.modules import build_module
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Build every entry of a config group holding named objects (callbacks, loggers);
+    an entry set to null is left out."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None]
+
+
+def _check_optimized_metric(cfg: DictConfig, module: L.LightningModule) -> None:
+    name = cfg.optimized_metric
+    logged = module.metric_names("val")
+    if name not in logged:
+        raise SeglabError(
+            f"optimized_metric={name} is not logged by {type(module).__name__}; "
+            f"choose one of {logged}"
+        )
+
+
+def _json_value(value: Any) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def train(cfg: DictConfig) -> dict[str, float | None]:
+    """Fit the configured model, test its best checkpoint, write metrics.json.
+
+    Returns:
+        every logged metric of the last validation and of the test, plus
+        `best/<optimized_metric>`, the best validation score of the run.
+    """
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    log.info("Building data <%s>", cfg.data._target_)
+    datamodule: SeglabDataModule = instantiate(cfg.data)
+    log.info("Building model <%s>", cfg.model._target_)
+    net = instantiate(cfg.model)
+    module = build_module(
+        datamodule,
+        net,
+        instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        **cfg.get("module", {}),
+    )
+    _check_optimized_metric(cfg, module)
+
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(RunRecord(OmegaConf.to_container(cfg, resolve=True), output_dir))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = output_dir / "checkpoints" / "last.ckpt"
+        if not ckpt_path.exists():
+            raise SeglabError(f"ckpt_path=last but {ckpt_path} does not exist")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {name: _json_value(value) for name, value in trainer.callback_metrics.items()}
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None:
+        metrics[f"best/{cfg.optimized_metric}"] = _json_value(checkpoint.best_model_score)
+    else:
+        metrics[f"best/{cfg.optimized_metric}"] = metrics.get(cfg.optimized_metric)
+
+    if cfg.get("test"):
+        # The best checkpoint when there is one; the weights in memory otherwise
+        # (fast_dev_run and checkpointing switched off save none).
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
+        metrics.update({name: _json_value(v) for name, v in results[0].items()})
+
+    if trainer.is_global_zero:
+        record = {
+            "optimized_metric": cfg.optimized_metric,
+            "best_model_path": best_path,
+            "metrics": dict(sorted(metrics.items())),
+        }
+        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        log.info("Run directory: %s", output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Command-line entry point; returns the optimized metric for Hydra sweepers."""
+    try:
+        metrics = train(cfg)
+    except SeglabError as err:  # a config or data mistake: one line, no traceback
+        raise SystemExit(f"seglab: error: {err}") from None
+    return metrics.get(f"best/{cfg.optimized_metric}")
+
+
+if __name__ == "__main__":
+    main()
