@@ -1,0 +1,144 @@
+"""What every seglab datamodule shares: class metadata, validated once, and loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seglab.errors import SeglabError
+
+Task = Literal["segmentation", "classification"]
+
+
+class SeglabDataModule(L.LightningDataModule):
+    """Base datamodule: subclasses set `task` and build `train_set`/`val_set`/`test_set`
+    in `setup()`.
+
+    Args:
+        class_names: one name per class, in label order.
+        num_classes: must equal `len(class_names)`; the model head reads it from the
+            data config (`${data.num_classes}`), so it is written once, here.
+        ignore_index: label of void pixels (segmentation); excluded from loss and metrics.
+        input_size: (height, width) of the images the model sees in training.
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+    """
+
+    task: ClassVar[Task]
+    # Per-channel statistics on the 0-255 scale that `to_input` normalises with; ImageNet's
+    # unless a dataset says otherwise (pretrained encoders expect these).
+    mean: ClassVar[tuple[float, float, float]] = (123.675, 116.28, 103.53)
+    std: ClassVar[tuple[float, float, float]] = (58.395, 57.12, 57.375)
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        num_classes: int,
+        ignore_index: int,
+        input_size: int | Sequence[int],
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        class_names = list(class_names)
+        if num_classes != len(class_names):
+            raise SeglabError(
+                f"data.num_classes={num_classes} but data.class_names has {len(class_names)} "
+                f"names {class_names}; make them agree"
+            )
+        if len(set(class_names)) != len(class_names):
+            raise SeglabError(f"data.class_names has duplicates: {class_names}")
+        if 0 <= ignore_index < num_classes:
+            raise SeglabError(
+                f"data.ignore_index={ignore_index} is a real class index (num_classes="
+                f"{num_classes}); use a value outside [0, {num_classes}), e.g. 255"
+            )
+        self.class_names = class_names
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.input_size = _pair(input_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        """One RGB colour per class, for colour masks and overlays."""
+        return default_palette(self.num_classes)
+
+    def to_input(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 RGB image (H, W, 3) -> normalised float32 tensor (3, H, W), as the model
+        saw it in training; `seglab.predict` uses it on new images."""
+        return to_input(image, self.mean, self.std)
+
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() built no {stage} split")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            # A last training batch of one sample breaks BatchNorm; drop only that one.
+            drop_last=shuffle and len(dataset) % self.batch_size == 1,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+def to_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W), `(image - mean) / std` per channel."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def from_input(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Inverse of `to_input`: float (3, H, W) -> uint8 (H, W, 3), for showing images."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    image = (tensor.float() * std_t + mean_t).clamp(0, 255).round().byte()
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Pascal VOC's colour map (class 0 black, then well-separated colours), extended to
+    any number of classes by the same bit-interleaving rule."""
+    palette = []
+    for label in range(num_classes):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
