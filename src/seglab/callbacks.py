@@ -7,13 +7,22 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+from seglab.data.base import from_input
+from seglab.plots import confusion_figure
 
 _PACKAGES = (
     "seglab",
@@ -92,3 +101,110 @@ class RunRecord(L.Callback):
             "config": self.config,
             "run_info": self.info,
         }
+
+
+def _tensorboards(trainer: L.Trainer) -> list[Any]:
+    """The SummaryWriters of the trainer's TensorBoard loggers (none without one)."""
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _colour(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """Class-index mask (H, W) -> uint8 RGB (3, H, W); labels outside the palette (void)
+    are white."""
+    table = torch.tensor([*palette, (255, 255, 255)], dtype=torch.uint8)
+    index = mask.long().clone()
+    index[(index < 0) | (index >= len(palette))] = len(palette)
+    return table[index].permute(2, 0, 1)
+
+
+def _captioned(image: np.ndarray, caption: str, scale: int) -> torch.Tensor:
+    """uint8 (H, W, 3) image enlarged `scale` times with `caption` written on top."""
+    picture = Image.fromarray(image).resize(
+        (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
+    )
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 0, picture.width, 12), fill=(0, 0, 0))
+    draw.text((2, 0), caption, fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+class ValidationImages(L.Callback):
+    """Shows the model at work in TensorBoard, every `every_n_epochs` validations.
+
+    Segmentation: a grid of fixed validation samples, one row per sample: image, ground
+    truth and prediction in the dataset's palette (void pixels white), plus the
+    validation confusion matrix as a figure. Classification: the samples captioned with
+    their true (T) and predicted (P) class. Also groups per-class IoU and accuracy into
+    one multi-line chart each (TensorBoard's "Custom Scalars" tab).
+
+    Args:
+        every_n_epochs: log after every n-th validation epoch.
+        num_samples: how many validation samples (the same ones every time).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 8) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "task", None) != "segmentation":
+            return
+        layout = {
+            f"per-class {title}": {
+                stage: ["Multiline", [f"{stage}/{key}/.*"]] for stage in ("val", "test")
+            }
+            for key, title in (("IoU", "IoU"), ("Acc", "accuracy"))
+        }
+        for writer in _tensorboards(trainer):
+            writer.add_custom_scalars(layout)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writers = _tensorboards(trainer)
+        if trainer.sanity_checking or not writers:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        datamodule = trainer.datamodule
+        dataset = getattr(datamodule, "val_set", None)
+        if dataset is None or len(dataset) == 0:
+            return
+        count = min(self.num_samples, len(dataset))
+        indices = torch.linspace(0, len(dataset) - 1, count).long().tolist()
+        images, targets = zip(*(dataset[i] for i in indices), strict=True)
+        batch = torch.stack(images).to(pl_module.device)
+        with torch.no_grad():
+            inference = getattr(pl_module, "inference", None)
+            logits = inference(pl_module.net, batch) if inference else pl_module(batch)
+        preds = logits.argmax(1).cpu()
+        pictures = [from_input(image, datamodule.mean, datamodule.std) for image in images]
+        step = trainer.global_step
+        if pl_module.task == "segmentation":
+            tiles = []
+            for picture, target, pred in zip(pictures, targets, preds, strict=True):
+                tiles += [
+                    torch.from_numpy(picture).permute(2, 0, 1),
+                    _colour(target, datamodule.palette),
+                    _colour(pred, datamodule.palette),
+                ]
+            grid = make_grid(tiles, nrow=3, padding=2, pad_value=255)
+            confmat = getattr(pl_module.val_metrics, "last_confusion", None)
+            for writer in writers:
+                writer.add_image("val/samples (image | truth | prediction)", grid, step)
+                if confmat is not None:
+                    writer.add_figure(
+                        "val/confusion_matrix",
+                        confusion_figure(confmat, pl_module.class_names),
+                        step,
+                    )
+        else:
+            names = pl_module.class_names
+            scale = max(1, 96 // max(pictures[0].shape[:2]))
+            tiles = [
+                _captioned(p, f"T:{names[int(t)]} P:{names[int(q)]}", scale)
+                for p, t, q in zip(pictures, targets, preds, strict=True)
+            ]
+            grid = make_grid(tiles, nrow=4, padding=2, pad_value=255)
+            for writer in writers:
+                writer.add_image("val/samples (T: true, P: predicted)", grid, step)

@@ -6,10 +6,25 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from seglab.errors import SeglabError
 from seglab.modules import MODULES
+
+
+def _read(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SeglabError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if "seglab" not in checkpoint:
+        raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
+    return checkpoint
+
+
+def stored_config(path: str | Path) -> DictConfig:
+    """The composed training config stored in a seglab checkpoint."""
+    return OmegaConf.create(_read(path)["seglab"]["config"])
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -19,13 +34,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
     The checkpoint carries the composed config (see `seglab.callbacks.RunRecord`), so
     neither the data nor the original config files are needed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SeglabError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    record = checkpoint.get("seglab")
-    if record is None:
-        raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
+    checkpoint = _read(path, map_location)
+    record = checkpoint["seglab"]
     cfg = OmegaConf.create(record["config"])
     module = MODULES[record["task"]](
         instantiate(cfg.model),

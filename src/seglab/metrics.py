@@ -27,6 +27,8 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         FloatTensor[N, C, H, W] of logits; target LongTensor[N, H, W].
         compute() -> {"mIoU", "acc", "mAcc", "mDice", "IoU/<name>", "Acc/<name>"}:
         0-dim tensors; a per-class value is NaN when its class never occurs.
+        After compute(), `last_confusion` holds the (C, C) matrix it used (summed over
+        DDP ranks), rows = target class, columns = predicted class.
     """
 
     def __init__(self, class_names: Sequence[str], ignore_index: int | None = None) -> None:
@@ -34,6 +36,8 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         self.class_names = list(class_names)
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        # torchmetrics runs compute on the matrix summed over DDP ranks; keep that one.
+        self.last_confusion = self.confmat.clone()
         return metrics_from_confusion(self.confmat, self.class_names)
 
     @property

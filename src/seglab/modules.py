@@ -60,11 +60,12 @@ class _TaskModule(L.LightningModule):
         class_names: Sequence[str],
         ignore_index: int,
         scheduler_interval: Interval = "step",
+        inference: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         # net and loss are saved as weights; the factories are rebuilt from the config
         # (stored in checkpoints by seglab.train), so only plain values go in hparams.
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "inference"])
         if scheduler_interval not in ("step", "epoch"):
             raise SeglabError(
                 f"scheduler_interval must be 'step' or 'epoch'; got {scheduler_interval!r}"
@@ -77,6 +78,7 @@ class _TaskModule(L.LightningModule):
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
         self.scheduler_interval = scheduler_interval
+        self.inference = inference
         metrics = self._make_metrics()
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
@@ -96,7 +98,10 @@ class _TaskModule(L.LightningModule):
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
+        if self.inference is not None and stage != "train":
+            logits = self.inference(self.net, images)
+        else:
+            logits = self(images)
         loss = self.loss(logits, targets)
         if stage != "train":
             getattr(self, f"{stage}_metrics").update(logits.detach(), targets)
@@ -174,6 +179,9 @@ class SegmentationModule(_TaskModule):
             with it) and metrics.
         scheduler_interval: "step" to advance the scheduler every optimizer step (the
             convention of poly, cosine and one-cycle schedules), "epoch" every epoch.
+        inference: called as `inference(net, images)` for validation and test logits
+            instead of `net(images)`, e.g. `seglab.inference.SegmentationInference` for
+            sliding-window or test-time-augmented evaluation.
     """
 
     task = "segmentation"

@@ -23,6 +23,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks import RunRecord
@@ -55,6 +56,27 @@ def _check_optimized_metric(cfg: DictConfig, module: L.LightningModule) -> None:
 def _json_value(value: Any) -> float | None:
     value = float(value)
     return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
+    """Record the composed config with the run's final metrics, for TensorBoard's HParams
+    tab to compare the runs of a sweep. The metrics get their own `final/` names: logged
+    under their usual names they would add a stray point at step 0 to every curve."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params.pop("paths", None)
+    summary = {
+        f"final/{name.replace('/', '_')}": value
+        for name, value in metrics.items()
+        if value is not None
+        and (name.startswith("best/") or name.startswith("test/"))
+        and "/IoU/" not in name
+        and "/Acc/" not in name
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=summary)
+        else:
+            logger.log_hyperparams(params)
 
 
 def train(cfg: DictConfig) -> dict[str, float | None]:
@@ -111,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         metrics.update({name: _json_value(v) for name, v in results[0].items()})
 
+    _log_hparams(trainer, cfg, metrics)
     if trainer.is_global_zero:
         record = {
             "optimized_metric": cfg.optimized_metric,

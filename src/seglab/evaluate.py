@@ -1,0 +1,147 @@
+"""Evaluate a checkpoint: per-class and mean metrics, saved as tables and a figure.
+
+    python -m seglab.evaluate ckpt_path=outputs/train/runs/<run>/checkpoints/best-epoch003.ckpt
+    python -m seglab.evaluate ckpt_path=... inference=slide inference.window=[256,256]
+    python -m seglab.evaluate ckpt_path=... inference.flip=true inference.scales=[0.75,1,1.25]
+    python -m seglab.evaluate ckpt_path=... split=val data=shapes data.num_val=1000
+
+Writes into outputs/eval/runs/<time>/: metrics.json, per_class.csv, and for segmentation
+confusion_matrix.csv (pixel counts) and confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from seglab.checkpoint import load_module, stored_config
+from seglab.config import CONFIG_DIR
+from seglab.errors import SeglabError
+from seglab.metrics import metrics_from_confusion
+from seglab.plots import confusion_figure
+
+log = logging.getLogger(__name__)
+
+
+def _float(value: Any) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def per_class_rows(confmat: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    """One row per class: IoU, accuracy (recall), Dice and pixel counts."""
+    values = metrics_from_confusion(confmat, class_names)
+    rows = []
+    for i, name in enumerate(class_names):
+        iou = float(values[f"IoU/{name}"])
+        rows.append(
+            {
+                "class": name,
+                "IoU": _float(iou),
+                "Acc": _float(values[f"Acc/{name}"]),
+                "Dice": _float(2 * iou / (1 + iou)),  # Dice = 2 IoU / (1 + IoU) per class
+                "pixels": int(confmat[i].sum()),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], summary: dict[str, float | None]) -> str:
+    """Plain-text table of per-class rows followed by the summary metrics."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    columns = list(rows[0]) if rows else []
+    body = [[cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in body]
+    lines.append("")
+    lines += [f"{name:<12}{cell(value)}" for name, value in summary.items()]
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the checkpoint over `cfg.split` and write the result files.
+
+    Returns:
+        {"metrics": {name: value}, "per_class": [row, ...], "output_dir": str}
+    """
+    if cfg.split not in ("test", "val"):
+        raise SeglabError(f"split must be 'test' or 'val'; got {cfg.split!r}")
+    module = load_module(cfg.ckpt_path)
+    data_cfg = cfg.data if cfg.get("data") else stored_config(cfg.ckpt_path).data
+    datamodule = instantiate(data_cfg)
+    if datamodule.class_names != module.class_names:
+        raise SeglabError(
+            f"data {data_cfg._target_} has classes {datamodule.class_names} but checkpoint "
+            f"{cfg.ckpt_path} was trained on {module.class_names}"
+        )
+    if module.task == "segmentation":
+        module.inference = instantiate(cfg.inference)
+
+    trainer: L.Trainer = instantiate(cfg.trainer)
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    logged = run(module, datamodule=datamodule, verbose=False)[0]
+    metrics = {name: _float(value) for name, value in sorted(logged.items())}
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "split": cfg.split,
+        "inference": OmegaConf.to_container(cfg.inference),
+        "metrics": metrics,
+        "per_class": [],
+    }
+    summary_keys = ("mIoU", "acc", "mAcc", "mDice", "acc_top5", "loss")
+    summary = {
+        k: metrics[f"{cfg.split}/{k}"] for k in summary_keys if f"{cfg.split}/{k}" in metrics
+    }
+    if module.task == "segmentation":
+        confmat = getattr(module, f"{cfg.split}_metrics").last_confusion.cpu()
+        result["per_class"] = per_class_rows(confmat, module.class_names)
+        _write_confusion(output_dir, confmat, module.class_names)
+    if result["per_class"]:
+        with open(output_dir / "per_class.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result["per_class"][0]))
+            writer.writeheader()
+            writer.writerows(result["per_class"])
+    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_table(result["per_class"], summary))
+    log.info("Results written to %s", output_dir)
+    result["output_dir"] = str(output_dir)
+    return result
+
+
+def _write_confusion(output_dir: Path, confmat: torch.Tensor, class_names: list[str]) -> None:
+    with open(output_dir / "confusion_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, confmat.tolist(), strict=True):
+            writer.writerow([name, *row])
+    confusion_figure(confmat, class_names).savefig(output_dir / "confusion_matrix.png", dpi=100)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point."""
+    try:
+        evaluate(cfg)
+    except SeglabError as err:
+        raise SystemExit(f"seglab: error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

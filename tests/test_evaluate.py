@@ -1,0 +1,178 @@
+"""Evaluation of a trained checkpoint, and what a training run shows in TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from seglab.config import compose
+from seglab.errors import SeglabError
+from seglab.evaluate import evaluate
+from seglab.train import train
+
+TINY_RUN = [
+    "data.num_train=16",
+    "data.num_val=8",
+    "data.num_test=6",
+    "data.batch_size=4",
+    "data.image_size=64",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.enable_model_summary=false",
+    "callbacks.images.num_samples=3",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny UNet run with the default callbacks and TensorBoard logger."""
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = train(compose(TINY_RUN, output_dir=run_dir))
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert Path(record["best_model_path"]).is_file()
+    return run_dir, metrics
+
+
+def _evaluate(tmp_path: Path, ckpt: str, *overrides: str) -> dict:
+    cfg = compose(
+        [f"ckpt_path={ckpt}", "trainer.accelerator=cpu", *overrides],
+        output_dir=tmp_path,
+        config_name="eval",
+    )
+    return evaluate(cfg)
+
+
+def _best(run_dir: Path) -> str:
+    return json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
+
+
+def test_evaluate_reproduces_the_training_runs_test_metrics(trained, tmp_path):
+    run_dir, train_metrics = trained
+    result = _evaluate(tmp_path, _best(run_dir))
+    for name in ("test/mIoU", "test/acc", "test/mAcc", "test/mDice", "test/IoU/triangle"):
+        assert result["metrics"][name] == train_metrics[name], name
+
+
+def test_evaluate_writes_tables_and_confusion_matrix(trained, tmp_path):
+    run_dir, _ = trained
+    result = _evaluate(tmp_path, _best(run_dir))
+    with open(tmp_path / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == ["background", "ellipse", "rectangle", "triangle"]
+    for row, stored in zip(rows, result["per_class"], strict=True):
+        if stored["IoU"] is not None:
+            iou = float(row["IoU"])
+            assert iou == pytest.approx(stored["IoU"])
+            assert float(row["Dice"]) == pytest.approx(2 * iou / (1 + iou))
+    with open(tmp_path / "confusion_matrix.csv") as f:
+        table = list(csv.reader(f))
+    counts = [[int(v) for v in line[1:]] for line in table[1:]]
+    assert sum(map(sum, counts)) == 6 * 64 * 64  # every test pixel, none void
+    diagonal = sum(counts[i][i] for i in range(4))
+    assert diagonal / (6 * 64 * 64) == pytest.approx(result["metrics"]["test/acc"], abs=1e-6)
+    with Image.open(tmp_path / "confusion_matrix.png") as image:
+        assert image.width > 100 and image.height > 100
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["test/mIoU"] == result["metrics"]["test/mIoU"]
+
+
+def test_sliding_window_as_large_as_the_image_equals_whole_image(trained, tmp_path):
+    run_dir, _ = trained
+    whole = _evaluate(tmp_path / "whole", _best(run_dir))
+    slide = _evaluate(
+        tmp_path / "slide",
+        _best(run_dir),
+        "inference=slide",
+        "inference.window=[64,64]",
+        "inference.stride=[32,32]",
+    )
+    assert slide["metrics"]["test/mIoU"] == pytest.approx(whole["metrics"]["test/mIoU"], abs=1e-6)
+
+
+def test_evaluate_on_validation_split_with_flip_tta(trained, tmp_path):
+    run_dir, _ = trained
+    result = _evaluate(tmp_path, _best(run_dir), "split=val", "inference.flip=true")
+    assert 0.0 <= result["metrics"]["val/mIoU"] <= 1.0
+    assert result["inference"]["flip"] is True
+
+
+def test_evaluate_refuses_data_with_other_classes(trained, tmp_path):
+    run_dir, _ = trained
+    with pytest.raises(SeglabError, match=r"classes \['background', 'ellipse'\] but checkpoint"):
+        _evaluate(
+            tmp_path,
+            _best(run_dir),
+            "data=shapes",
+            "data.class_names=[background,ellipse]",
+            "data.num_classes=2",
+        )
+
+
+def test_evaluate_cli_prints_the_table(trained, tmp_path):
+    run_dir, _ = trained
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.evaluate",
+            f"ckpt_path={_best(run_dir)}",
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mIoU" in result.stdout and "triangle" in result.stdout
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.evaluate",
+            "ckpt_path=nope.ckpt",
+            f"hydra.run.dir={tmp_path / 'missing'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert (
+        missing.stderr.strip().splitlines()[-1]
+        == "seglab: error: checkpoint nope.ckpt does not exist"
+    )
+
+
+def test_tensorboard_gets_images_confusion_custom_scalars_and_hparams(trained):
+    run_dir, _ = trained
+    events = run_dir / "tensorboard"
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    samples = accumulator.Images("val/samples (image | truth | prediction)")
+    assert [s.step for s in samples] == sorted(s.step for s in samples) and len(samples) == 2
+    # 3 samples x (image | truth | prediction) tiles of 64 px with 2 px padding
+    assert (samples[-1].width, samples[-1].height) == (3 * 66 + 2, 3 * 66 + 2)
+    assert "val/confusion_matrix" in tags["images"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    assert {"val/mIoU", "val/IoU/triangle", "test/mIoU"} <= set(tags["scalars"])
+
+    plugins = set()
+    for path in events.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                plugins.add(value.metadata.plugin_data.plugin_name)
+                if value.tag == "final/test_mIoU":
+                    plugins.add("final metric logged")
+    assert {"hparams", "final metric logged"} <= plugins
