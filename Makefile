@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-all tensorboard lint format clean
+CKPT ?=
+
+.PHONY: install train eval test test-all tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,10 @@ install: $(STAMP)  ## create .venv and install seglab with its dev tools
 
 train: $(STAMP)  ## train the default experiment (UNet on shapes); ARGS="model=fcn ..." for overrides
 	$(PY) -m seglab.train $(ARGS)
+
+eval: $(STAMP)  ## evaluate a checkpoint: make eval CKPT=path/to/best.ckpt [ARGS=...]
+	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt"; exit 2; }
+	$(PY) -m seglab.evaluate ckpt_path=$(CKPT) $(ARGS)
 
 test: $(STAMP)  ## the fast test suite
 	$(PY) -m pytest -m "not slow" -q $(ARGS)

@@ -12,19 +12,23 @@ from seglab.errors import SeglabError
 from seglab.modules import MODULES
 
 
-def _read(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def _read(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SeglabError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if "seglab" not in checkpoint:
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises several types for a file that is not one
+        raise SeglabError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})")
+    if not isinstance(checkpoint, dict) or "seglab" not in checkpoint:
         raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
     return checkpoint
 
 
 def stored_config(path: str | Path) -> DictConfig:
-    """The composed training config stored in a seglab checkpoint."""
-    return OmegaConf.create(_read(path)["seglab"]["config"])
+    """The composed training config stored in a seglab checkpoint (memory-mapped: the
+    weights are not read)."""
+    return OmegaConf.create(_read(path, mmap=True)["seglab"]["config"])
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
