@@ -19,7 +19,9 @@ def _read(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for a file that is not one
-        raise SeglabError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})")
+        raise SeglabError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(checkpoint, dict) or "seglab" not in checkpoint:
         raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
     return checkpoint

@@ -111,8 +111,9 @@ def render_scene(
     mask = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(1, max_shapes + 1)):
         label = int(rng.integers(len(shapes)))
-        region = _shape_mask(rng, shapes[label], yy, xx, rng.uniform(*radius_range) * min(size),
-                             margin)
+        region = _shape_mask(
+            rng, shapes[label], yy, xx, rng.uniform(*radius_range) * min(size), margin
+        )
         if not region.any():
             continue
         colour = _colour_far_from(rng, image[region].mean(axis=0))
@@ -126,16 +127,23 @@ class ShapesSegmentation(Dataset):
     """In-memory split of shapes scenes: `(image FloatTensor[3, H, W], mask LongTensor[H, W])`."""
 
     def __init__(
-        self, split: str, length: int, size: tuple[int, int], shapes: Sequence[str],
-        max_shapes: int, seed: int, radius_range: tuple[float, float] = (0.12, 0.3),
+        self,
+        split: str,
+        length: int,
+        size: tuple[int, int],
+        shapes: Sequence[str],
+        max_shapes: int,
+        seed: int,
+        radius_range: tuple[float, float] = (0.12, 0.3),
     ) -> None:
         # Stored as uint8 and converted per sample: 4x less memory than float.
         self.images = np.zeros((length, *size, 3), np.uint8)
         self.masks = np.zeros((length, *size), np.uint8)
         for i in range(length):
             rng = np.random.default_rng([seed, _SPLIT_CODES[split], i])
-            self.images[i], self.masks[i] = render_scene(rng, size, shapes, max_shapes,
-                                                         radius_range)
+            self.images[i], self.masks[i] = render_scene(
+                rng, size, shapes, max_shapes, radius_range
+            )
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -154,8 +162,9 @@ class ShapesClassification(Dataset):
         self.labels = np.zeros(length, np.int64)
         for i in range(length):
             rng = np.random.default_rng([seed, _SPLIT_CODES[split], i])
-            self.images[i], mask = render_scene(rng, size, shapes, max_shapes=1,
-                                                radius_range=(0.25, 0.4), margin=0.3)
+            self.images[i], mask = render_scene(
+                rng, size, shapes, max_shapes=1, radius_range=(0.25, 0.4), margin=0.3
+            )
             # Shapes are centred inside the image, so the mask always holds the shape.
             self.labels[i] = int(mask.max()) - 1
 
@@ -169,9 +178,7 @@ class ShapesClassification(Dataset):
 def _check_shape_names(names: Sequence[str], what: str) -> list[str]:
     unknown = [n for n in names if n not in SHAPES]
     if unknown or not names:
-        raise SeglabError(
-            f"{what} must name shapes from {list(SHAPES)}; got {list(names)}"
-        )
+        raise SeglabError(f"{what} must name shapes from {list(SHAPES)}; got {list(names)}")
     return list(names)
 
 
@@ -222,8 +229,16 @@ class ShapesDataModule(_ShapesDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
     ) -> None:
-        super().__init__(class_names, num_classes, ignore_index, image_size, batch_size,
-                         num_workers, pin_memory, persistent_workers)
+        super().__init__(
+            class_names,
+            num_classes,
+            ignore_index,
+            image_size,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
         if self.class_names[0] != BACKGROUND:
             raise SeglabError(
                 f"data.class_names must start with '{BACKGROUND}'; got {self.class_names}"
@@ -234,8 +249,9 @@ class ShapesDataModule(_ShapesDataModule):
         self.seed = seed
 
     def _make_split(self, split: str, length: int) -> Dataset:
-        return ShapesSegmentation(split, length, self.input_size, self.shapes,
-                                  self.max_shapes, self.seed)
+        return ShapesSegmentation(
+            split, length, self.input_size, self.shapes, self.max_shapes, self.seed
+        )
 
 
 class ShapesClassificationDataModule(_ShapesDataModule):
@@ -266,8 +282,16 @@ class ShapesClassificationDataModule(_ShapesDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
     ) -> None:
-        super().__init__(class_names, num_classes, ignore_index, image_size, batch_size,
-                         num_workers, pin_memory, persistent_workers)
+        super().__init__(
+            class_names,
+            num_classes,
+            ignore_index,
+            image_size,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
         self.shapes = _check_shape_names(self.class_names, "data.class_names")
         self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed
