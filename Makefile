@@ -8,7 +8,7 @@ ARGS ?=
 
 CKPT ?=
 
-.PHONY: install train eval test test-all tensorboard lint format clean
+.PHONY: install train eval sweep test test-slow test-all bench tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,19 @@ eval: $(STAMP)  ## evaluate a checkpoint: make eval CKPT=path/to/best.ckpt [ARGS
 test: $(STAMP)  ## the fast test suite
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
+test-slow: $(STAMP)  ## only the slow tests (multi-process DDP, sweeps)
+	$(PY) -m pytest -m slow -q $(ARGS)
+
 test-all: $(STAMP)  ## every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
+
+sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time)
+	$(PY) -m seglab.train -m hparams_search=shapes_optuna hydra/launcher=joblib \
+		hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2 hydra.sweeper.n_trials=4 \
+		trainer.max_epochs=1 data.num_train=400 $(ARGS)
+
+bench: $(STAMP)  ## seglab vs raw PyTorch throughput ratios -> outputs/bench/
+	$(PY) -m seglab.bench $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)

@@ -30,9 +30,12 @@ def tiny() -> list[str]:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path):
-    """`make_cfg(*overrides)` -> the composed train config, tiny, writing into tmp_path."""
+    """`make_cfg(*overrides)` -> the composed train config, tiny, writing into tmp_path
+    (or `output_dir=`)."""
 
-    def _make(*overrides: str, tiny: bool = True) -> DictConfig:
-        return compose(overrides=[*(TINY if tiny else []), *overrides], output_dir=tmp_path)
+    def _make(*overrides: str, tiny: bool = True, output_dir: Path | None = None) -> DictConfig:
+        return compose(
+            overrides=[*(TINY if tiny else []), *overrides], output_dir=output_dir or tmp_path
+        )
 
     return _make

@@ -82,7 +82,8 @@ def test_every_config_folder_is_covered():
 
 def test_ddp_trainer_config_is_distributed(make_cfg):
     cfg = make_cfg("trainer=ddp")
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is True
+    assert cfg.trainer.strategy.find_unused_parameters is False
+    assert cfg.trainer.sync_batchnorm is True
 
 
 def test_model_head_reads_class_count_from_data(make_cfg):

@@ -117,7 +117,15 @@ class _TaskModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        # Stop before the optimizer step: no weights (and so no checkpoint) get corrupted.
+        if not torch.isfinite(loss):
+            raise SeglabError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (batch {batch_idx}); lower optimizer.lr, add "
+                "trainer.gradient_clip_val, or check the data of that batch"
+            )
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")

@@ -21,6 +21,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -150,8 +152,10 @@ def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns the optimized metric for Hydra sweepers."""
     try:
         metrics = train(cfg)
-    except SeglabError as err:  # a config or data mistake: one line, no traceback
-        raise SystemExit(f"seglab: error: {err}") from None
+    except SeglabError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed and goes on
+        raise SystemExit(f"seglab: error: {err}") from None  # one line, no traceback
     return metrics.get(f"best/{cfg.optimized_metric}")
 
 

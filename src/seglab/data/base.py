@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglab.errors import SeglabError
 
@@ -81,13 +81,26 @@ class SeglabDataModule(L.LightningDataModule):
         saw it in training; `seglab.predict` uses it on new images."""
         return to_input(image, self.mean, self.std)
 
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() built no {stage} split")
+        world_size, rank = self._world()
+        sampler: Sampler[int] | None = None
+        if shuffle and world_size == 1:
+            # Under DDP Lightning swaps in its own epoch-seeded DistributedSampler.
+            sampler = EpochShuffleSampler(len(dataset), seed=torch.initial_seed())
+        elif not shuffle and world_size > 1:
+            sampler = UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             # A last training batch of one sample breaks BatchNorm; drop only that one.
             drop_last=shuffle and len(dataset) % self.batch_size == 1,
             num_workers=self.num_workers,
@@ -142,3 +155,43 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order that is a pure function of `(seed, epoch)`; Lightning calls
+    `set_epoch` before each epoch. A run resumed from a checkpoint therefore sees the same
+    batches as an uninterrupted one (a plain RandomSampler draws from the global RNG,
+    whose state a checkpoint does not restore)."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler for DDP that gives every sample to exactly one rank.
+
+    torch's DistributedSampler pads the dataset with repeated samples so all ranks get the
+    same count; those duplicates would be counted twice in metrics summed over ranks.
+    Here rank r takes samples r, r + world, r + 2 world, ...; ranks may differ by one
+    sample, which evaluation tolerates (no gradient synchronisation).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))

@@ -1,0 +1,249 @@
+"""Distributed and mixed-precision training, sweeps, resume and reproducibility."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+
+from seglab.config import compose
+from seglab.errors import SeglabError
+from seglab.evaluate import evaluate
+from seglab.modules import build_module
+from seglab.train import train
+
+# 7 test/val samples over 2 processes: torch's DistributedSampler would pad to 8 with a
+# duplicate, and the duplicate would count twice in the metrics.
+DDP_DATA = [
+    "data.num_train=16",
+    "data.num_val=7",
+    "data.num_test=7",
+    "data.batch_size=4",
+    "data.image_size=64",
+]
+SWEEP = [
+    "data.num_train=8",
+    "data.num_val=4",
+    "data.num_test=4",
+    "data.batch_size=4",
+    "data.image_size=64",
+    "trainer.max_epochs=1",
+    "logger=none",
+    "callbacks=none",
+    "trainer.enable_model_summary=false",
+]
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "seglab.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process_evaluation(tmp_path):
+    run_dir = tmp_path / "ddp"
+    _cli(
+        "trainer=ddp_cpu",
+        *DDP_DATA,
+        "trainer.max_epochs=1",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    record = json.loads((run_dir / "metrics.json").read_text())
+    ddp = record["metrics"]
+    for split in ("test", "val"):
+        cfg = compose(
+            [f"ckpt_path={record['best_model_path']}", f"split={split}", "trainer.accelerator=cpu"],
+            output_dir=tmp_path / split,
+            config_name="eval",
+        )
+        single = evaluate(cfg)["metrics"]
+        key = "best/val/mIoU" if split == "val" else "test/mIoU"
+        assert ddp[key] == pytest.approx(single[f"{split}/mIoU"], abs=1e-7), split
+        if split == "test":
+            assert ddp["test/acc"] == pytest.approx(single["test/acc"], abs=1e-7)
+            assert ddp["test/IoU/ellipse"] == pytest.approx(single["test/IoU/ellipse"], abs=1e-7)
+
+
+class _LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_bf16_mixed_precision_trains_and_learns(make_cfg):
+    cfg = make_cfg("scheduler=none", "optimizer.lr=0.003")
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.data)
+    module = build_module(
+        datamodule,
+        instantiate(cfg.model),
+        instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+    )
+    recorder = _LossRecorder()
+    trainer = L.Trainer(
+        precision="bf16-mixed",
+        overfit_batches=1,
+        max_epochs=30,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.precision == "bf16-mixed"
+    assert recorder.losses[-1] < recorder.losses[0] / 4, recorder.losses[::5]
+
+
+def test_same_seed_deterministic_runs_give_identical_metrics(make_cfg, tmp_path):
+    overrides = ["trainer.deterministic=true", "trainer.max_epochs=2", "logger=none"]
+    first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
+    second = train(make_cfg(*overrides, output_dir=tmp_path / "b"))
+    for name in ("best/val/mIoU", "test/mIoU", "test/loss", "train/loss_epoch"):
+        assert first[name] == second[name], name
+
+
+class Interrupt(Exception):
+    """Stands for a crash or a pre-empted job."""
+
+
+class InterruptAfterFirstEpoch(L.Callback):
+    """Dies at the start of the second epoch, after the first epoch's checkpoints."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            raise Interrupt
+
+
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(make_cfg, tmp_path):
+    common = [
+        "trainer.deterministic=true",
+        "trainer.max_epochs=3",
+        "logger=none",
+        "data.num_train=12",
+    ]
+    whole = train(make_cfg(*common, output_dir=tmp_path / "whole"))
+
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(Interrupt):
+        train(
+            make_cfg(
+                *common,
+                f"+callbacks.interrupt._target_={__name__}.InterruptAfterFirstEpoch",
+                output_dir=run_dir,
+            )
+        )
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0
+    resumed = train(make_cfg(*common, "ckpt_path=last", output_dir=run_dir))
+
+    for name in ("best/val/mIoU", "val/mIoU", "test/mIoU", "test/loss", "train/loss_epoch"):
+        assert resumed[name] == pytest.approx(whole[name], rel=1e-6, abs=1e-7), name
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing(make_cfg, tmp_path):
+    # Adam moves every weight by ~lr on the first step: 1e30 overflows the next forward.
+    cfg = make_cfg("optimizer.lr=1e30", "scheduler=none", "logger=none", "trainer.max_epochs=2")
+    with pytest.raises(SeglabError, match=r"training loss is (nan|inf) at epoch 0, step 1 "):
+        train(cfg)
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def _trial_metrics(sweep_dir: Path) -> dict[str, float | None]:
+    found = {}
+    for path in sweep_dir.glob("*/metrics.json"):
+        found[path.parent.name] = json.loads(path.read_text())["metrics"]["best/val/mIoU"]
+    return found
+
+
+@pytest.mark.slow
+def test_optuna_sweep_with_joblib_launcher(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    _cli(
+        "-m",
+        "hparams_search=shapes_optuna",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=3",
+        *SWEEP,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "loss",
+        "model.encoder_name",
+    }
+    trials = _trial_metrics(sweep_dir)
+    assert len(trials) == 3
+    assert results["best_value"] == pytest.approx(max(trials.values()))
+
+
+@pytest.mark.slow
+def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
+    """One trial diverges (lr 1e30 -> NaN loss); the sweep records it as failed, runs the
+    next one, and reports the best of those that finished."""
+    sweep_dir = tmp_path / "sweep"
+    # Random sampling with this seed draws 0.001, 1e30, 0.001. (The grid sampler cannot
+    # be used: the optuna sweeper fails on a failed trial of a finished grid.)
+    result = _cli(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "optimizer.lr=choice(1e30,0.001)",
+        *SWEEP,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    trials = _trial_metrics(sweep_dir)
+    assert "Failed experiment" in result.stderr + result.stdout
+    assert "training loss is" in result.stderr + result.stdout
+    assert sorted(trials) == ["0", "2"]  # the diverged trial 1 wrote no metrics
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["best_params"]["optimizer.lr"] == 0.001
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    _cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "optimizer.lr=0.001,0.002",
+        *SWEEP,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    trials = _trial_metrics(sweep_dir)
+    assert sorted(trials) == ["0", "1"]
+    assert all(0.0 <= v <= 1.0 for v in trials.values())
