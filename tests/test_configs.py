@@ -14,7 +14,8 @@ from seglab.data import SeglabDataModule
 from seglab.modules import schedule_length_kwargs
 from seglab.train import instantiate_all
 
-GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks")
+GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+          "inference")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
 
 
@@ -38,7 +39,8 @@ def _needs_gpu(group: str, option: str) -> bool:
     ids=[f"{g}={o}" for g, o in OPTIONS],
 )
 def test_option_composes_and_instantiates(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}")
+    # inference belongs to the eval and predict configs; "+" adds it to the train config.
+    cfg = make_cfg(f"{'+' if group == 'inference' else ''}{group}={option}")
     node = cfg.get(group)
     if group in ("logger", "callbacks"):
         built = instantiate_all(node)
@@ -70,6 +72,10 @@ def test_option_composes_and_instantiates(make_cfg, group, option):
         trainer = instantiate(node, logger=False)
         assert isinstance(trainer, L.Trainer)
         assert trainer.max_epochs == node.max_epochs
+    elif group == "inference":
+        inference = instantiate(node, window=[32, 32] if node.window else None)
+        logits = inference(nn.Conv2d(3, 4, 1), torch.zeros(2, 3, 50, 70))
+        assert logits.shape == (2, 4, 50, 70)
     else:  # a new group: add how to check it above
         pytest.fail(f"no check for config group {group}")
 
