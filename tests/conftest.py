@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from seglab.config import compose
+from seglab.modules import build_module
 
 # Small, fast variants of the embedded datasets and a CPU trainer without logs.
 TINY = [
@@ -39,3 +43,41 @@ def make_cfg(tmp_path: Path):
         )
 
     return _make
+
+
+class _LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def overfit_losses(cfg: DictConfig, steps: int, precision: str = "32-true") -> list[float]:
+    """Train the configured data/model/loss/optimizer on one fixed batch for `steps`
+    steps through the Lightning loop; the training loss of every step."""
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.data)
+    module = build_module(
+        datamodule,
+        instantiate(cfg.model),
+        instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+    )
+    recorder = _LossRecorder()
+    trainer = L.Trainer(
+        overfit_batches=1,
+        max_epochs=steps,
+        precision=precision,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.precision == precision
+    return recorder.losses

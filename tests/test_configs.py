@@ -14,8 +14,17 @@ from seglab.data import SeglabDataModule
 from seglab.modules import schedule_length_kwargs
 from seglab.train import instantiate_all
 
-GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-          "inference")
+GROUPS = (
+    "data",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "inference",
+)
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
 
 

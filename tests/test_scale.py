@@ -11,12 +11,11 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from hydra.utils import instantiate
+from conftest import overfit_losses
 
 from seglab.config import compose
 from seglab.errors import SeglabError
 from seglab.evaluate import evaluate
-from seglab.modules import build_module
 from seglab.train import train
 
 # 7 test/val samples over 2 processes: torch's DistributedSampler would pad to 8 with a
@@ -80,41 +79,10 @@ def test_ddp_two_processes_match_single_process_evaluation(tmp_path):
             assert ddp["test/IoU/ellipse"] == pytest.approx(single["test/IoU/ellipse"], abs=1e-7)
 
 
-class _LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-
 def test_bf16_mixed_precision_trains_and_learns(make_cfg):
     cfg = make_cfg("scheduler=none", "optimizer.lr=0.003")
-    torch.manual_seed(0)
-    datamodule = instantiate(cfg.data)
-    module = build_module(
-        datamodule,
-        instantiate(cfg.model),
-        instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-    )
-    recorder = _LossRecorder()
-    trainer = L.Trainer(
-        precision="bf16-mixed",
-        overfit_batches=1,
-        max_epochs=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[recorder],
-    )
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.precision == "bf16-mixed"
-    assert recorder.losses[-1] < recorder.losses[0] / 4, recorder.losses[::5]
+    losses = overfit_losses(cfg, steps=30, precision="bf16-mixed")
+    assert losses[-1] < losses[0] / 4, losses[::5]
 
 
 def test_same_seed_deterministic_runs_give_identical_metrics(make_cfg, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import overfit_losses
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -45,42 +46,12 @@ def test_experiments_cover_every_model():
     assert {"shapes_cnn", "shapes_fcn"} <= set(EXPERIMENTS)
 
 
-class _LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-
 def test_overfits_one_batch(make_cfg):
     """The whole pipeline (data, net, loss, optimizer, Lightning loop) can learn: training
     on one fixed batch drives the loss down by at least 10x."""
-    cfg = make_cfg("scheduler=none", "optimizer.lr=0.003", "data.image_size=64")
-    torch.manual_seed(0)
-    datamodule = instantiate(cfg.data)
-    module = build_module(
-        datamodule,
-        instantiate(cfg.model),
-        instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-    )
-    recorder = _LossRecorder()
-    trainer = L.Trainer(
-        overfit_batches=1,
-        max_epochs=60,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[recorder],
-    )
-    trainer.fit(module, datamodule=datamodule)
-    assert len(recorder.losses) == 60
-    assert recorder.losses[-1] < recorder.losses[0] / 10, recorder.losses[::10]
+    losses = overfit_losses(make_cfg("scheduler=none", "optimizer.lr=0.003"), steps=60)
+    assert len(losses) == 60
+    assert losses[-1] < losses[0] / 10, losses[::10]
 
 
 def test_schedule_length_is_not_overridden_when_given():
