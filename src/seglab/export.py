@@ -43,7 +43,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -159,7 +159,7 @@ def _metadata(module: Any, cfg: DictConfig) -> dict[str, Any]:
         "mean": [float(v) for v in data_class.mean],
         "std": [float(v) for v in data_class.std],
         "task": module.task,
-        "input_size": list(_pair(cfg.data.image_size)),
+        "input_size": list(instantiate(cfg.data).input_size),
     }
 
 

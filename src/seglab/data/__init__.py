@@ -3,6 +3,12 @@ segmentation or `(image, label)` for classification, and exposes `task`, `num_cl
 `class_names`, `ignore_index` and `input_size`."""
 
 from seglab.data.base import SeglabDataModule
+from seglab.data.folder import FolderDataModule
 from seglab.data.shapes import ShapesClassificationDataModule, ShapesDataModule
 
-__all__ = ["SeglabDataModule", "ShapesDataModule", "ShapesClassificationDataModule"]
+__all__ = [
+    "FolderDataModule",
+    "SeglabDataModule",
+    "ShapesClassificationDataModule",
+    "ShapesDataModule",
+]
