@@ -7,7 +7,8 @@ Prints ratios measured in one process and writes them to outputs/bench/<time>.js
 
 - training throughput (images/s) of seglab's fit loop (Lightning Trainer, the module's
   logging and progress bar) vs a raw loop (zero_grad, forward, loss, backward, step,
-  scheduler step), for a UNet (resnet18) and the plain CNN; runs alternate, medians kept;
+  scheduler step), for a UNet (resnet18) and the plain CNN; runs alternate, and the
+  ratio is the median over back-to-back (raw, seglab) pairs;
 - inference throughput of seglab's evaluation loop (Trainer.test with metrics) vs a raw
   `torch.no_grad()` loop, and the raw loop with channels_last and with bf16 autocast;
 - peak memory of a training step (CUDA: max allocated; CPU: growth of the process's
@@ -146,19 +147,30 @@ def bench_training(name: str, make_net, batches, task: str, rounds: int, workdir
     torch.manual_seed(0)
     initial = make_net()
     raw, seglab = [], []
-    for _ in range(rounds):  # alternate, so drifts in machine speed hit both alike
-        raw.append(_raw_train(copy.deepcopy(initial), batches, lr=1e-3))
+    for round_ in range(rounds):
+        # Back-to-back pairs, the order swapped every round: whichever runs second in a
+        # pair tends to gain from a warm allocator and caches on this kind of machine.
+        first_raw = round_ % 2 == 0
+        if first_raw:
+            raw.append(_raw_train(copy.deepcopy(initial), batches, lr=1e-3))
         seglab.append(_seglab_train(copy.deepcopy(initial), batches, task, 1e-3, workdir))
+        if not first_raw:
+            raw.append(_raw_train(copy.deepcopy(initial), batches, lr=1e-3))
+    # Run i of each side ran back to back, under the same machine state: the ratio is
+    # the median over those pairs, with its spread (single runs vary by +-7% here).
+    pairs = [s / r for r, s in zip(raw, seglab, strict=True)]
     result = {
         "raw_img_s": statistics.median(raw),
         "seglab_img_s": statistics.median(seglab),
+        "ratio": statistics.median(pairs),
+        "pair_ratios": pairs,
         "raw_runs": raw,
         "seglab_runs": seglab,
     }
-    result["ratio"] = result["seglab_img_s"] / result["raw_img_s"]
     print(
         f"train {name:<14} raw {result['raw_img_s']:8.1f} img/s   seglab "
-        f"{result['seglab_img_s']:8.1f} img/s   ratio {result['ratio']:.3f}",
+        f"{result['seglab_img_s']:8.1f} img/s   ratio {result['ratio']:.3f} "
+        f"(pairs {min(pairs):.3f}-{max(pairs):.3f})",
         flush=True,
     )
     return result
@@ -198,15 +210,12 @@ def bench_inference(make_net, batches, rounds: int) -> dict:
         runs["seglab"].append(_images_per_second(clock.times, len(batches[0][0])))
         runs["channels_last"].append(_raw_infer(copy.deepcopy(net), batches, channels_last=True))
         runs["bf16"].append(_raw_infer(net, batches, bf16=True))
-    result = {f"{k}_img_s": statistics.median(v) for k, v in runs.items()}
+    result: dict = {f"{k}_img_s": statistics.median(v) for k, v in runs.items()}
+    result["runs"] = runs
+    for variant in ("seglab", "channels_last", "bf16"):  # median of back-to-back pairs
+        pairs = [v / r for r, v in zip(runs["raw"], runs[variant], strict=True)]
+        result[f"{variant}_ratio"] = statistics.median(pairs)
     raw = result["raw_img_s"]
-    result.update(
-        {
-            "seglab_ratio": result["seglab_img_s"] / raw,
-            "channels_last_ratio": result["channels_last_img_s"] / raw,
-            "bf16_ratio": result["bf16_img_s"] / raw,
-        }
-    )
     print(
         f"infer unet           raw {raw:8.1f} img/s   seglab {result['seglab_img_s']:8.1f} "
         f"img/s   ratio {result['seglab_ratio']:.3f}   channels_last x"
@@ -285,7 +294,7 @@ def bench_memory(size: int, batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per variant")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs per variant")
     parser.add_argument("--steps", type=int, default=30, help="batches per run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
