@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
 from seglab.data.base import from_input
+from seglab.inference import class_indices
 from seglab.plots import confusion_figure
 
 _PACKAGES = (
@@ -177,7 +178,7 @@ class ValidationImages(L.Callback):
         with torch.no_grad():
             inference = getattr(pl_module, "inference", None)
             logits = inference(pl_module.net, batch) if inference else pl_module(batch)
-        preds = logits.argmax(1).cpu()
+        preds = (class_indices(logits) if logits.ndim == 4 else logits.argmax(1)).cpu()
         pictures = [from_input(image, datamodule.mean, datamodule.std) for image in images]
         step = trainer.global_step
         if pl_module.task == "segmentation":

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError
+from seglab.inference import class_indices
 from seglab.metrics import SegmentationMetrics
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -205,9 +206,8 @@ class SegmentationModule(_TaskModule):
         return self.val_metrics.names
 
     def _metric_inputs(self, logits: torch.Tensor) -> torch.Tensor:
-        # Class indices (N, H, W). On CPU, max(dim=1) over NCHW logits is ~10x faster than
-        # the argmax(dim=1) torchmetrics would run (7 ms -> 0.7 ms for 16x4x64x64).
-        return logits.max(dim=1).indices
+        # Class indices rather than logits: torchmetrics would run the slow argmax itself.
+        return class_indices(logits)
 
 
 class ClassificationModule(_TaskModule):

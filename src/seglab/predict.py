@@ -42,6 +42,7 @@ from seglab.checkpoint import load_module, stored_config
 from seglab.config import CONFIG_DIR
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError
+from seglab.inference import class_indices
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class _SegmentationWriter:
         batch = torch.stack([self.datamodule.to_input(image) for image in images])
         # The inference pads to its size_divisor and crops back: logits at the image's size.
         logits = self.inference(self.net, batch.to(self.device))
-        masks = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        masks = class_indices(logits).to(torch.uint8).cpu().numpy()
         for path, image, mask in zip(paths, images, masks, strict=True):
             name = f"{Path(path).stem}.png"
             color = self.palette[mask]
