@@ -101,8 +101,20 @@ class _TaskModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        images, targets = batch
+    def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        # A third element, when present, counts the samples the loader skipped in this
+        # batch (unreadable files under `skip_corrupt`); its epoch sum is logged.
+        images, targets, *skipped = batch
+        if skipped:
+            self.log(
+                f"{stage}/skipped_files",
+                torch.as_tensor(skipped[0], dtype=torch.float32, device=images.device),
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=1,
+            )
         if self.inference is not None and stage != "train":
             logits = self.inference(self.net, images)
         else:

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seglab.callbacks import RunRecord
 from seglab.config import CONFIG_DIR
@@ -53,6 +53,15 @@ def _check_optimized_metric(cfg: DictConfig, module: L.LightningModule) -> None:
             f"optimized_metric={name} is not logged by {type(module).__name__}; "
             f"choose one of {logged}"
         )
+
+
+def _sync_data_config(cfg: DictConfig, datamodule: SeglabDataModule) -> None:
+    """Write the datamodule's classes back into `cfg.data`: a datamodule may find them on
+    disk (class-named folders, `class_names: null`), and the model head
+    (`${data.num_classes}`) and every checkpoint's stored config must see them."""
+    with open_dict(cfg):
+        cfg.data.class_names = list(datamodule.class_names)
+        cfg.data.num_classes = datamodule.num_classes
 
 
 def _json_value(value: Any) -> float | None:
@@ -95,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
 
     log.info("Building data <%s>", cfg.data._target_)
     datamodule: SeglabDataModule = instantiate(cfg.data)
+    _sync_data_config(cfg, datamodule)
     log.info("Building model <%s>", cfg.model._target_)
     net = instantiate(cfg.model)
     module = build_module(

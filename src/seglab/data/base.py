@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from seglab.errors import SeglabError
 
 Task = Literal["segmentation", "classification"]
+SPLITS = ("train", "val", "test")
 
 
 class SeglabDataModule(L.LightningDataModule):
@@ -67,6 +68,8 @@ class SeglabDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        # The DataLoader's collate_fn; None: torch's default.
+        self.collate_fn: Callable | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -80,6 +83,31 @@ class SeglabDataModule(L.LightningDataModule):
         """uint8 RGB image (H, W, 3) -> normalised float32 tensor (3, H, W), as the model
         saw it in training; `seglab.predict` uses it on new images."""
         return to_input(image, self.mean, self.std)
+
+    def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
+        """What `seglab.check_data` scans, without training.
+
+        Returns:
+            per split, a dataset of the samples as stored: no random augmentation, no
+            padding. Items are `(image, mask LongTensor[H, W])` for segmentation or
+            `(image, int label)` for classification; the image is uint8 [3, H, W] (0-255)
+            or normalised float [3, H, W] (mapped back with `mean`/`std`). A bad file
+            raises `SeglabError` naming it; the checker records that and goes on.
+            A split that reuses another one (a test split that is the val split) is left
+            out. Second, the problems found while listing files (unpaired files, empty
+            class folders, ...), each naming the file or folder; the datamodule must not
+            raise on those here but report them all.
+
+        This default serves datamodules without files: the splits `setup()` builds.
+        """
+        self.setup("fit")
+        self.setup("test")
+        datasets: dict[str, Dataset] = {}
+        for split in SPLITS:
+            dataset = getattr(self, f"{split}_set")
+            if dataset is not None and all(dataset is not d for d in datasets.values()):
+                datasets[split] = dataset
+        return datasets, []
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer; (1, 0) without one."""
@@ -106,6 +134,7 @@ class SeglabDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

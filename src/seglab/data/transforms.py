@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from seglab.errors import SeglabError
 
+ImageTransform = Callable[[tv_tensors.Image], torch.Tensor]
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
 # The arguments of v2.ColorJitter, the only keys `color_jitter` may hold.
@@ -123,3 +124,45 @@ def pad_to(
     if pad[1] < 0 or pad[3] < 0:
         raise ValueError(f"cannot pad {tuple(image.shape[-2:])} to the smaller {tuple(size)}")
     return F.pad(image, pad, value=0.0), F.pad(mask, pad, value=ignore_index)
+
+
+def _plain(image: torch.Tensor) -> torch.Tensor:
+    return image.as_subclass(torch.Tensor)
+
+
+def classification_transform(
+    size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    resize: bool = True,
+    crop_padding: int = 4,
+    hflip: float = 0.5,
+) -> ImageTransform:
+    """Image-only transform for classification (the CIFAR-10 recipe).
+
+    Args:
+        size: (height, width) or one int: the size the model sees.
+        mean, std: per-channel statistics on the 0-255 scale.
+        train: add the augmentation: a random `size` crop of the image zero-padded by
+            `crop_padding` on each side, then a horizontal flip.
+        resize: resize every image to `size` first (bilinear, antialiased, aspect ratio
+            not kept); False when the images already have that size (CIFAR-10).
+        crop_padding: pixels of padding for the random crop; 0 switches the crop off.
+        hflip: probability of a horizontal flip in training.
+
+    Shape:
+        uint8 `tv_tensors.Image[3, H, W]` -> FloatTensor[3, *size].
+    """
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    steps: list[v2.Transform] = [v2.Resize(size, antialias=True)] if resize else []
+    if train and crop_padding > 0:
+        steps.append(v2.RandomCrop(size, padding=crop_padding))
+    if train and hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    steps += [
+        v2.ToDtype(torch.float32, scale=False),
+        v2.Normalize(mean=list(mean), std=list(std)),
+        _plain,
+    ]
+    return v2.Compose(steps)
