@@ -176,3 +176,43 @@ def test_tensorboard_gets_images_confusion_custom_scalars_and_hparams(trained):
                 if value.tag == "final/test_mIoU":
                     plugins.add("final metric logged")
     assert {"hparams", "final metric logged"} <= plugins
+
+
+def test_classifier_evaluation_writes_per_class_accuracy_and_confusion(tmp_path):
+    run_dir = tmp_path / "run"
+    train(
+        compose(
+            [
+                "experiment=shapes_cnn",
+                "data.num_train=32",
+                "data.num_val=16",
+                "data.num_test=24",
+                "data.batch_size=8",
+                "trainer.max_epochs=1",
+                "trainer.accelerator=cpu",
+                "trainer.enable_model_summary=false",
+                "logger=none",
+            ],
+            output_dir=run_dir,
+        )
+    )
+    out = tmp_path / "eval"
+    result = _evaluate(out, _best(run_dir))
+    with open(out / "confusion_matrix.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0][1:] == ["ellipse", "rectangle", "triangle"]
+    counts = [[int(v) for v in line[1:]] for line in table[1:]]
+    assert sum(map(sum, counts)) == 24  # one count per test image
+    assert sum(counts[i][i] for i in range(3)) / 24 == pytest.approx(
+        result["metrics"]["test/acc"], abs=1e-6
+    )
+    with open(out / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        assert int(row["images"]) == sum(counts[i])
+        if sum(counts[i]):
+            assert float(row["Acc"]) == pytest.approx(counts[i][i] / sum(counts[i]))
+            assert result["metrics"][f"test/Acc/{row['class']}"] == pytest.approx(
+                float(row["Acc"]), abs=1e-6
+            )
+    assert Image.open(out / "confusion_matrix.png").size[0] > 100

@@ -230,3 +230,42 @@ def test_reset_clears_the_state(metric):
     result = metric.compute()
     assert result["acc"].item() == pytest.approx(EXPECTED_IMAGE1["acc"], rel=1e-6)
     assert result["mIoU"].item() == pytest.approx(EXPECTED_IMAGE1["mIoU"], rel=1e-6)
+
+
+def test_classification_metrics_match_hand_counts():
+    from seglab.metrics import ClassificationMetrics
+
+    names = [f"c{i}" for i in range(6)]
+    # Rows: logits for 4 images; targets 0, 1, 1, 5.
+    logits = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5],  # top-1 0 (right)
+            [0.0, 1, 9, 8, 7, 6],  # top-1 2 (wrong); top-5 = 2,3,4,5,1 holds 1
+            [0.0, 9, 1, 2, 3, 4],  # top-1 1 (right)
+            [9.0, 8, 7, 6, 5, 0],  # top-1 0 (wrong); 5 is last: not in top-5
+        ]
+    )
+    target = torch.tensor([0, 1, 1, 5])
+    metric = ClassificationMetrics(names)
+    metric.update(logits[:2], target[:2])  # two batches: epoch-wide counts
+    metric.update(logits[2:], target[2:])
+    result = metric.compute()
+    assert result["acc"].item() == pytest.approx(2 / 4)
+    assert result["acc_top5"].item() == pytest.approx(3 / 4)
+    # Per-class recall: c0 1/1, c1 1/2, c5 0/1; classes never in the target are NaN.
+    assert result["Acc/c0"].item() == 1.0
+    assert result["Acc/c1"].item() == pytest.approx(0.5)
+    assert result["Acc/c5"].item() == 0.0
+    assert torch.isnan(result["Acc/c2"])
+    assert result["mAcc"].item() == pytest.approx((1 + 0.5 + 0) / 3)
+    assert list(result) == metric.names
+    assert metric.last_confusion[1].tolist() == [0, 1, 1, 0, 0, 0]
+
+
+def test_classification_metrics_have_no_top5_with_five_classes_or_fewer():
+    from seglab.metrics import ClassificationMetrics
+
+    metric = ClassificationMetrics(["a", "b", "c"])
+    metric.update(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]), torch.tensor([0, 1]))
+    result = metric.compute()
+    assert "acc_top5" not in result and result["acc"].item() == 0.5

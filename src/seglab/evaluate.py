@@ -5,8 +5,10 @@
     python -m seglab.evaluate ckpt_path=... inference.flip=true inference.scales=[0.75,1,1.25]
     python -m seglab.evaluate ckpt_path=... split=val data=shapes data.num_val=1000
 
-Writes into outputs/eval/runs/<time>/: metrics.json, per_class.csv, and for segmentation
-confusion_matrix.csv (pixel counts) and confusion_matrix.png.
+Writes into outputs/eval/runs/<time>/: metrics.json, per_class.csv, confusion_matrix.csv
+(pixel counts for segmentation, image counts for classification) and confusion_matrix.png.
+Classifiers report top-1 accuracy, top-5 accuracy (more than 5 classes), mean and
+per-class accuracy.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def per_class_rows(confmat: torch.Tensor, class_names: list[str]) -> list[dict[s
             }
         )
     return rows
+
+
+def classification_rows(confmat: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    """One row per class: accuracy (recall: correct / images of the class), precision
+    (correct / images predicted as the class) and the image count."""
+    counts = confmat.double()
+    correct, images, predicted = counts.diag(), counts.sum(1), counts.sum(0)
+    return [
+        {
+            "class": name,
+            "Acc": _float(correct[i] / images[i]) if images[i] > 0 else None,
+            "Precision": _float(correct[i] / predicted[i]) if predicted[i] > 0 else None,
+            "images": int(images[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
 
 
 def format_table(rows: list[dict[str, Any]], summary: dict[str, float | None]) -> str:
@@ -109,10 +127,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         k: metrics[f"{cfg.split}/{k}"] for k in summary_keys if f"{cfg.split}/{k}" in metrics
     }
-    if module.task == "segmentation":
-        confmat = getattr(module, f"{cfg.split}_metrics").last_confusion.cpu()
-        result["per_class"] = per_class_rows(confmat, module.class_names)
-        _write_confusion(output_dir, confmat, module.class_names)
+    confmat = getattr(module, f"{cfg.split}_metrics").last_confusion.cpu()
+    rows = per_class_rows if module.task == "segmentation" else classification_rows
+    result["per_class"] = rows(confmat, module.class_names)
+    _write_confusion(output_dir, confmat, module.class_names)
     if result["per_class"]:
         with open(output_dir / "per_class.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(result["per_class"][0]))

@@ -1,4 +1,4 @@
-"""Segmentation metrics from one epoch-wide confusion matrix.
+"""Segmentation and classification metrics from one epoch-wide confusion matrix.
 
 Definitions follow MMSegmentation and the Cityscapes benchmark: pixels whose target is
 `ignore_index` are dropped; IoU_c = TP / (TP + FP + FN); mean IoU averages over the
@@ -45,6 +45,43 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         """The keys `compute()` returns."""
         size = len(self.class_names)
         return list(metrics_from_confusion(torch.zeros(size, size), self.class_names))
+
+
+class ClassificationMetrics(SegmentationMetrics):
+    """Image classification metrics: top-1 accuracy (`acc`), mean per-class accuracy
+    (`mAcc`), per-class accuracy (`Acc/<name>`, the recall) from the confusion matrix,
+    and with more than `top_k` classes the top-k accuracy (`acc_top5` for k = 5).
+
+    Shape:
+        update(preds, target): preds FloatTensor[N, C] of logits (or LongTensor[N] of
+        class indices, then without top-k); target LongTensor[N].
+    """
+
+    def __init__(self, class_names: Sequence[str], top_k: int = 5) -> None:
+        super().__init__(class_names, ignore_index=None)
+        self.top_k = top_k if len(self.class_names) > top_k else None
+        self.add_state("topk_hits", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("samples", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        if preds.dim() == 2:
+            if self.top_k is not None:
+                top = preds.topk(self.top_k, dim=1).indices
+                self.topk_hits += (top == target[:, None]).any(dim=1).sum()
+                self.samples += target.numel()
+            preds = preds.argmax(dim=1)
+        super().update(preds, target)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        full = super().compute()
+        if self.top_k is not None:
+            full[f"acc_top{self.top_k}"] = (self.topk_hits / self.samples.clamp_min(1)).float()
+        return {name: full[name] for name in self.names}
+
+    @property
+    def names(self) -> list[str]:
+        top_k = [f"acc_top{self.top_k}"] if self.top_k is not None else []
+        return ["acc", "mAcc", *top_k, *(f"Acc/{name}" for name in self.class_names)]
 
 
 def metrics_from_confusion(

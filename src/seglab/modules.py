@@ -19,13 +19,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
 from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError
 from seglab.inference import class_indices
-from seglab.metrics import SegmentationMetrics
+from seglab.metrics import ClassificationMetrics, SegmentationMetrics
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -84,7 +82,7 @@ class _TaskModule(L.LightningModule):
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
 
-    def _make_metrics(self) -> SegmentationMetrics | MetricCollection:
+    def _make_metrics(self) -> SegmentationMetrics:
         raise NotImplementedError
 
     def _metric_names(self) -> list[str]:
@@ -224,24 +222,19 @@ class SegmentationModule(_TaskModule):
 
 class ClassificationModule(_TaskModule):
     """Image classification: logs loss, top-1 accuracy (`acc`), mean per-class accuracy
-    (`mAcc`) and, with more than 5 classes, top-5 accuracy (`acc_top5`).
+    (`mAcc`), per-class accuracy (`Acc/<class>`) and, with more than 5 classes, top-5
+    accuracy (`acc_top5`).
 
     Args: as `SegmentationModule`, with targets LongTensor (N,) and logits (N, C).
     """
 
     task = "classification"
 
-    def _make_metrics(self) -> MetricCollection:
-        metrics = {
-            "acc": MulticlassAccuracy(self.num_classes, average="micro"),
-            "mAcc": MulticlassAccuracy(self.num_classes, average="macro"),
-        }
-        if self.num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
-        return MetricCollection(metrics)
+    def _make_metrics(self) -> ClassificationMetrics:
+        return ClassificationMetrics(self.class_names)
 
     def _metric_names(self) -> list[str]:
-        return list(self.val_metrics.keys())
+        return self.val_metrics.names
 
 
 MODULES: dict[Task, type[_TaskModule]] = {
