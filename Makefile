@@ -8,7 +8,7 @@ ARGS ?=
 
 CKPT ?=
 
-.PHONY: install train eval sweep test test-slow test-all bench tensorboard lint format clean
+.PHONY: install train eval check-data sweep test test-slow test-all bench tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ train: $(STAMP)  ## train the default experiment (UNet on shapes); ARGS="model=f
 eval: $(STAMP)  ## evaluate a checkpoint: make eval CKPT=path/to/best.ckpt [ARGS=...]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt"; exit 2; }
 	$(PY) -m seglab.evaluate ckpt_path=$(CKPT) $(ARGS)
+
+check-data: $(STAMP)  ## scan a dataset for problems: make check-data ARGS="data=folder data.root=..."
+	$(PY) -m seglab.check_data $(ARGS)
 
 test: $(STAMP)  ## the fast test suite
 	$(PY) -m pytest -m "not slow" -q $(ARGS)

@@ -4,3 +4,18 @@ message as one line (no traceback), so every message must name the thing and the
 
 class SeglabError(ValueError):
     """A problem the user can fix in their config or data."""
+
+
+def exit_message(err: SeglabError) -> str:
+    """The one line an entry point prints for `err`.
+
+    A SeglabError raised in a DataLoader worker reaches the main process re-raised by
+    torch with the worker's whole traceback in its message ("Caught SeglabError in
+    DataLoader worker process 0. Original Traceback ... SeglabError: <message>"); only
+    the original message is kept.
+    """
+    text = str(err)
+    marker = f"{SeglabError.__name__}: "
+    if text.startswith(f"Caught {SeglabError.__name__}") and marker in text:
+        text = text.rsplit(marker, 1)[1].strip() + " (raised in a DataLoader worker)"
+    return f"seglab: error: {text}"

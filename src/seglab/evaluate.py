@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab.checkpoint import load_module, stored_config
 from seglab.config import CONFIG_DIR
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, exit_message
 from seglab.metrics import metrics_from_confusion
 from seglab.plots import confusion_figure
 
@@ -158,7 +158,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except SeglabError as err:
-        raise SystemExit(f"seglab: error: {err}") from None
+        raise SystemExit(exit_message(err)) from None
 
 
 if __name__ == "__main__":

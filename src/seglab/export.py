@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from seglab.config import CONFIG_DIR
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, exit_message
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def main(cfg: DictConfig) -> None:
     try:
         result = export(cfg)
     except SeglabError as err:  # a config or checkpoint mistake: one line, no traceback
-        raise SystemExit(f"seglab: error: {err}") from None
+        raise SystemExit(exit_message(err)) from None
     print(result["path"])
 
 

@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seglab.checkpoint import load_module, stored_config
 from seglab.config import CONFIG_DIR
 from seglab.data.base import SeglabDataModule
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, exit_message
 from seglab.inference import class_indices
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def main(cfg: DictConfig) -> None:
     try:
         result = predict(cfg)
     except SeglabError as err:  # a config or input mistake: one line, no traceback
-        raise SystemExit(f"seglab: error: {err}") from None
+        raise SystemExit(exit_message(err)) from None
     if result["failed"]:
         raise SystemExit(
             f"seglab: error: {len(result['failed'])} of {result['total']} images could not "

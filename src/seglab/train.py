@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from seglab.callbacks import RunRecord
 from seglab.config import CONFIG_DIR
 from seglab.data.base import SeglabDataModule
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, exit_message
 from seglab.modules import build_module
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def main(cfg: DictConfig) -> float | None:
     except SeglabError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper records the trial as failed and goes on
-        raise SystemExit(f"seglab: error: {err}") from None  # one line, no traceback
+        raise SystemExit(exit_message(err)) from None  # one line, no traceback
     return metrics.get(f"best/{cfg.optimized_metric}")
 
 

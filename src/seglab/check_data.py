@@ -1,0 +1,289 @@
+"""Scan a dataset for problems before training on it.
+
+    python -m seglab.check_data data=folder data.root=/data/roads \\
+        data.class_names=[background,road,car] data.num_classes=3
+    python -m seglab.check_data data=voc data.root=/data/voc num_workers=2
+    make check-data ARGS="data=image_folder data.root=/data/photos"
+
+Reads every sample of every split the way training reads it (without augmentation) and
+prints: samples per split, images without masks and masks without images, unreadable or
+truncated files, image/mask size mismatches, label values outside [0, num_classes) other
+than ignore_index, empty class folders and other layout problems (each naming the file or
+folder), the image sizes, per-class pixel (segmentation) or image (classification)
+counts and frequencies, the class imbalance, suggested class weights for the loss and
+the per-channel mean/std of the training images. The same report goes to
+outputs/check_data/runs/<time>/report.json. Exit status 1 when a problem was found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from seglab.config import CONFIG_DIR
+from seglab.data.base import SeglabDataModule
+from seglab.errors import SeglabError, exit_message
+
+log = logging.getLogger(__name__)
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+class _SampleSummaries(Dataset):
+    """Reads sample `i` of `dataset` (in a loader worker) and returns what the report
+    needs: label counts, image statistics and size; or the error it raised."""
+
+    def __init__(self, dataset: Dataset, split: str, datamodule: SeglabDataModule) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.task = datamodule.task
+        self.num_classes = datamodule.num_classes
+        self.ignore_index = datamodule.ignore_index
+        self.mean = torch.tensor(datamodule.mean, dtype=torch.float64).view(3, 1, 1)
+        self.std = torch.tensor(datamodule.std, dtype=torch.float64).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image, target = self.dataset[index]
+        except SeglabError as err:
+            return {"error": str(err)}
+        image = torch.as_tensor(image)
+        pixels = image.double()
+        if image.is_floating_point():  # normalised: back to the 0-255 scale
+            pixels = pixels * self.std + self.mean
+        summary: dict[str, Any] = {
+            "size": tuple(image.shape[-2:]),
+            "channel_sum": pixels.sum(dim=(1, 2)).numpy(),
+            "channel_sq_sum": (pixels**2).sum(dim=(1, 2)).numpy(),
+            "pixels": image.shape[-2] * image.shape[-1],
+        }
+        if self.task == "segmentation":
+            values, counts = torch.unique(torch.as_tensor(target), return_counts=True)
+        else:
+            values, counts = torch.tensor([int(target)]), torch.tensor([1])
+        in_range = (values >= 0) & (values < self.num_classes)
+        hist = np.zeros(self.num_classes, np.int64)
+        hist[values[in_range].numpy()] = counts[in_range].numpy()
+        summary["counts"] = hist
+        bad = [int(v) for v in values[~in_range] if int(v) != self.ignore_index]
+        if bad:
+            summary["error"] = (
+                f"{self.split} sample {index} has label values {bad} outside "
+                f"[0, {self.num_classes}) that are not ignore_index={self.ignore_index}"
+            )
+        return summary
+
+
+@dataclass
+class SplitReport:
+    """What one split's scan found."""
+
+    samples: int = 0
+    readable: int = 0
+    counts: np.ndarray | None = None  # per class: pixels or images
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    channel_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    channel_sq_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    pixels: int = 0
+
+    def add(self, summary: dict[str, Any]) -> None:
+        self.readable += 1
+        self.counts = summary["counts"] if self.counts is None else self.counts + summary["counts"]
+        self.sizes.add(summary["size"])
+        self.channel_sum += summary["channel_sum"]
+        self.channel_sq_sum += summary["channel_sq_sum"]
+        self.pixels += summary["pixels"]
+
+    def mean_std(self) -> tuple[list[float], list[float]] | None:
+        if not self.pixels:
+            return None
+        mean = self.channel_sum / self.pixels
+        std = np.sqrt(np.maximum(self.channel_sq_sum / self.pixels - mean**2, 0))
+        return [round(float(v), 2) for v in mean], [round(float(v), 2) for v in std]
+
+
+def class_weights(counts: np.ndarray) -> list[float]:
+    """Median frequency balancing (Eigen & Fergus 2015): weight_c = median(f) / f_c over
+    the classes that occur; 0 for classes that never occur (nothing to weigh)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        return [0.0] * len(counts)
+    freq = counts / counts.sum()
+    median = float(np.median(freq[present]))
+    return [round(median / f, 4) if f > 0 else 0.0 for f in freq]
+
+
+def scan(
+    datamodule: SeglabDataModule, num_workers: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """Read every sample of every split of `datamodule` and report what is wrong.
+
+    Args:
+        num_workers: loader processes reading samples in parallel.
+        limit: read at most this many samples per split (None: all).
+
+    Returns:
+        {"problems": [str, ...], "warnings": [...], "splits": {split: {...}},
+         "class_names": [...], "task": ..., "class_weights": [...], "mean": ..., "std": ...}
+    """
+    datasets, problems = datamodule.check_splits()
+    problems = list(problems)
+    warnings: list[str] = []
+    reports: dict[str, SplitReport] = {}
+    for split, dataset in datasets.items():
+        summaries: Dataset = _SampleSummaries(dataset, split, datamodule)
+        if limit is not None and len(summaries) > limit:  # type: ignore[arg-type]
+            summaries = torch.utils.data.Subset(summaries, range(limit))
+        loader = DataLoader(
+            summaries, batch_size=None, num_workers=num_workers, collate_fn=_identity
+        )
+        report = reports[split] = SplitReport(samples=len(summaries))  # type: ignore[arg-type]
+        for summary in tqdm(loader, desc=f"checking {split}", unit="sample", leave=False):
+            if "counts" in summary:
+                report.add(summary)
+            if "error" in summary:
+                problems.append(summary["error"])
+        if report.samples == 0:
+            problems.append(f"the {split} split has no samples")
+
+    names = datamodule.class_names
+    unit = "pixels" if datamodule.task == "segmentation" else "images"
+    splits_out: dict[str, Any] = {}
+    for split, report in reports.items():
+        counts = report.counts if report.counts is not None else np.zeros(len(names), np.int64)
+        total = int(counts.sum())
+        heights = [h for h, _ in report.sizes]
+        widths = [w for _, w in report.sizes]
+        splits_out[split] = {
+            "samples": report.samples,
+            "readable": report.readable,
+            unit: {name: int(c) for name, c in zip(names, counts, strict=True)},
+            "frequency": {
+                name: (float(c) / total if total else None)
+                for name, c in zip(names, counts, strict=True)
+            },
+            "size_min": [min(heights), min(widths)] if report.sizes else None,
+            "size_max": [max(heights), max(widths)] if report.sizes else None,
+        }
+    result: dict[str, Any] = {
+        "task": datamodule.task,
+        "class_names": names,
+        "unit": unit,
+        "splits": splits_out,
+        "problems": problems,
+        "warnings": warnings,
+    }
+    train = reports.get("train")
+    if train is not None and train.counts is not None:
+        absent = [n for n, c in zip(names, train.counts, strict=True) if c == 0]
+        if absent:
+            warnings.append(f"classes with no {unit} in the train split: {absent}")
+        present = train.counts[train.counts > 0]
+        result["imbalance"] = float(present.max() / present.min()) if len(present) else None
+        result["class_weights"] = class_weights(train.counts)
+        stats = train.mean_std()
+        if stats is not None:
+            result["mean"], result["std"] = stats
+    return result
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The report as text: a per-class table over splits, then the findings."""
+    names, unit = result["class_names"], result["unit"]
+    splits = result["splits"]
+    lines = [f"task: {result['task']}, {len(names)} classes"]
+    for split, info in splits.items():
+        size = (
+            f"{info['size_min'][0]}x{info['size_min'][1]}"
+            if info["size_min"] == info["size_max"] and info["size_min"]
+            else f"{info['size_min']} to {info['size_max']} (HxW)"
+            if info["size_min"]
+            else "-"
+        )
+        lines.append(
+            f"{split:<6} {info['samples']:>8} samples ({info['readable']} readable), "
+            f"image size {size}"
+        )
+    width = max(10, *(len(n) for n in names))
+    header = f"{'class':<{width}}" + "".join(f"{s + ' ' + unit:>24}" for s in splits)
+    lines += ["", header]
+    for name in names:
+        cells = "".join(
+            f"{info[unit][name]:>14} {_percent(info['frequency'][name]):>9}"
+            for info in splits.values()
+        )
+        lines.append(f"{name:<{width}}{cells}")
+    lines.append("")
+    if result.get("imbalance") is not None:
+        lines.append(f"class imbalance (train, most / least frequent): {result['imbalance']:.1f}")
+    if result.get("class_weights"):
+        weights = ",".join(f"{w:g}" for w in result["class_weights"])
+        lines.append(f"suggested class weights (median frequency): loss.weight=[{weights}]")
+    if result.get("mean"):
+        mean = ",".join(f"{v:g}" for v in result["mean"])
+        std = ",".join(f"{v:g}" for v in result["std"])
+        lines.append(f"train image mean/std (0-255): data.mean=[{mean}] data.std=[{std}]")
+    for warning in result["warnings"]:
+        lines.append(f"warning: {warning}")
+    problems = result["problems"]
+    if problems:
+        lines += ["", f"{len(problems)} problem(s):"]
+        lines += [f"  - {problem}" for problem in problems]
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
+
+
+def check_data(cfg: DictConfig) -> dict[str, Any]:
+    """Scan `cfg.data`, print the report, write report.json; returns the report."""
+    datamodule: SeglabDataModule = instantiate(cfg.data)
+    result = scan(datamodule, num_workers=cfg.num_workers, limit=cfg.get("limit"))
+    print(format_report(result))
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    log.info("Report written to %s", output_dir / "report.json")
+    return result
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check_data")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point: exit status 1 when the scan found a problem."""
+    try:
+        result = check_data(cfg)
+    except SeglabError as err:
+        raise SystemExit(exit_message(err)) from None
+    if result["problems"]:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
