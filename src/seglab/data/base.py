@@ -26,7 +26,8 @@ class SeglabDataModule(L.LightningDataModule):
             data config (`${data.num_classes}`), so it is written once, here.
         ignore_index: label of void pixels (segmentation); excluded from loss and metrics.
         input_size: (height, width) of the images the model sees in training.
-        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
+            pin_memory None pins host memory when CUDA is available.
     """
 
     task: ClassVar[Task]
@@ -43,7 +44,7 @@ class SeglabDataModule(L.LightningDataModule):
         input_size: int | Sequence[int],
         batch_size: int = 16,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
@@ -66,7 +67,8 @@ class SeglabDataModule(L.LightningDataModule):
         self.input_size = _pair(input_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        # None: pin when a GPU is there to copy to (pinning without one only costs).
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         # The DataLoader's collate_fn; None: torch's default.
         self.collate_fn: Callable | None = None
