@@ -133,10 +133,10 @@ class ValidationImages(L.Callback):
     """Shows the model at work in TensorBoard, every `every_n_epochs` validations.
 
     Segmentation: a grid of fixed validation samples, one row per sample: image, ground
-    truth and prediction in the dataset's palette (void pixels white), plus the
-    validation confusion matrix as a figure. Classification: the samples captioned with
-    their true (T) and predicted (P) class. Also groups per-class IoU and accuracy into
-    one multi-line chart each (TensorBoard's "Custom Scalars" tab).
+    truth and prediction in the dataset's palette (void pixels white). Classification:
+    the samples captioned with their true (T) and predicted (P) class. Both: the
+    validation confusion matrix as a figure, and per-class IoU (segmentation) and
+    accuracy grouped into one multi-line chart each (TensorBoard's "Custom Scalars" tab).
 
     Args:
         every_n_epochs: log after every n-th validation epoch.
@@ -149,13 +149,19 @@ class ValidationImages(L.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module, "task", None) != "segmentation":
+        task = getattr(pl_module, "task", None)
+        if task not in ("segmentation", "classification"):
             return
+        keys = (
+            (("IoU", "IoU"), ("Acc", "accuracy"))
+            if task == "segmentation"
+            else (("Acc", "accuracy"),)
+        )
         layout = {
             f"per-class {title}": {
                 stage: ["Multiline", [f"{stage}/{key}/.*"]] for stage in ("val", "test")
             }
-            for key, title in (("IoU", "IoU"), ("Acc", "accuracy"))
+            for key, title in keys
         }
         for writer in _tensorboards(trainer):
             writer.add_custom_scalars(layout)
@@ -173,7 +179,11 @@ class ValidationImages(L.Callback):
             return
         count = min(self.num_samples, len(dataset))
         indices = torch.linspace(0, len(dataset) - 1, count).long().tolist()
-        images, targets = zip(*(dataset[i] for i in indices), strict=True)
+        # An unreadable file is None under `skip_corrupt`: show the others.
+        samples = [sample for sample in (dataset[i] for i in indices) if sample is not None]
+        if not samples:
+            return
+        images, targets = zip(*samples, strict=True)
         batch = torch.stack(images).to(pl_module.device)
         with torch.no_grad():
             inference = getattr(pl_module, "inference", None)
@@ -190,15 +200,8 @@ class ValidationImages(L.Callback):
                     _colour(pred, datamodule.palette),
                 ]
             grid = make_grid(tiles, nrow=3, padding=2, pad_value=255)
-            confmat = getattr(pl_module.val_metrics, "last_confusion", None)
             for writer in writers:
                 writer.add_image("val/samples (image | truth | prediction)", grid, step)
-                if confmat is not None:
-                    writer.add_figure(
-                        "val/confusion_matrix",
-                        confusion_figure(confmat, pl_module.class_names),
-                        step,
-                    )
         else:
             names = pl_module.class_names
             scale = max(1, 96 // max(pictures[0].shape[:2]))
@@ -209,3 +212,9 @@ class ValidationImages(L.Callback):
             grid = make_grid(tiles, nrow=4, padding=2, pad_value=255)
             for writer in writers:
                 writer.add_image("val/samples (T: true, P: predicted)", grid, step)
+        confmat = getattr(pl_module.val_metrics, "last_confusion", None)
+        if confmat is not None:
+            for writer in writers:
+                writer.add_figure(
+                    "val/confusion_matrix", confusion_figure(confmat, pl_module.class_names), step
+                )

@@ -1,0 +1,464 @@
+"""Image classification on class-named folders (torchvision's ImageFolder layout).
+
+    python -m seglab.train experiment=folder_cnn data.root=/data/photos
+
+Layout: one sub-folder per class, named after the class.
+
+    root/train/<class>/*.{png,jpg,jpeg,bmp,tif,tiff}   required (any case; nested folders too)
+    root/val/<class>/...    optional; else each class of train/ gives a seeded `val_ratio`
+    root/test/<class>/...   optional; else the val split is tested
+
+The classes are the sorted sub-folder names of train/ (label i is the i-th name); val/
+and test/ must hold the same folders. Files with another extension are skipped (the data
+checker lists them); hidden files and folders (".DS_Store", ".ipynb_checkpoints") are
+ignored.
+
+Images are decoded with PIL, converted to RGB and resized to `image_size` (aspect ratio
+not kept); training adds a random crop of the zero-padded image and a horizontal flip
+(`augment`). An unreadable image raises SeglabError naming it and its split; with
+`skip_corrupt` it is dropped from its batch with a warning instead, and the module logs
+the count as `<stage>/skipped_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from seglab.data.base import SeglabDataModule
+from seglab.data.folder import IMAGE_SUFFIXES
+from seglab.data.transforms import ImageTransform, classification_transform
+from seglab.errors import SeglabError
+
+log = logging.getLogger(__name__)
+
+LAYOUT = (
+    "expected ROOT/train/<class>/<image>.{png,jpg,jpeg,bmp,tif,tiff}, one folder per "
+    "class (optionally ROOT/val/<class>/ and ROOT/test/<class>/ too)"
+)
+# PIL's ways of failing on a file that is not a (whole) image.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+Sample = tuple[str, int]  # (image path, label)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _report(problems: list[str] | None, message: str) -> None:
+    """Raise `message` (problems is None: training) or collect it (the data checker)."""
+    if problems is None:
+        raise SeglabError(message)
+    problems.append(message)
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the class folders in `split_dir`, hidden folders left out; only
+    directory names are read, so this is cheap on any dataset."""
+    try:
+        names, _ = find_classes(split_dir)
+    except FileNotFoundError:  # torchvision's way of saying "no sub-folders"
+        return []
+    return [name for name in names if not _hidden(name)]
+
+
+def _classes(
+    root: Path, class_names: Sequence[str] | None, num_classes: int | None
+) -> tuple[list[str], int]:
+    """(class names, count) from the folders of root/train/, checked against the config;
+    the config's names as they are when there is no root/train/ but names are given."""
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        if class_names is None:
+            if not root.is_dir():
+                raise SeglabError(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
+            raise SeglabError(f"data.root={root} has no train/ folder; {LAYOUT}")
+        # A trained model's stored config rebuilt where the data is not (predict, export):
+        # the names are all it needs until setup() reads the files.
+        names = list(class_names)
+        return names, len(names) if num_classes is None else int(num_classes)
+    folders = class_folders(train_dir)
+    if not folders:
+        raise SeglabError(f"{train_dir} has no class folders; {LAYOUT}")
+    if class_names is not None and list(class_names) != folders:
+        raise SeglabError(_names_differ(list(class_names), folders, train_dir))
+    if num_classes is not None and int(num_classes) != len(folders):
+        raise SeglabError(
+            f"data.num_classes={num_classes} but {train_dir} has {len(folders)} class folders "
+            f"{folders}; set data.num_classes=null to count them"
+        )
+    return folders, len(folders)
+
+
+def _names_differ(names: list[str], folders: list[str], train_dir: Path) -> str:
+    if sorted(names) == folders:
+        fix = "labels follow the sorted folder names: list them in that order"
+    else:
+        fix = "rename the folders or fix the list"
+    return (
+        f"data.class_names={names} but the class folders of {train_dir} are {folders}; "
+        f"{fix}, or set data.class_names=null to take the folder names"
+    )
+
+
+def _list_split(
+    split_dir: Path,
+    class_names: Sequence[str],
+    problems: list[str] | None,
+    reference: str,
+    fix: str,
+) -> list[Sample]:
+    """(path, label) of every image in the class folders of `split_dir`, by class then
+    path, after checking its folders are the classes (`reference` says whose; `fix` how
+    to mend a difference)."""
+    folders = class_folders(split_dir)
+    missing = [str(split_dir / name) for name in class_names if name not in folders]
+    extra = [str(split_dir / name) for name in folders if name not in class_names]
+    if missing or extra:
+        _report(
+            problems,
+            f"the class folders of {split_dir} differ from {reference}: missing {missing}, "
+            f"extra {extra}; {fix}",
+        )
+
+    not_images: list[str] = []
+
+    def is_image(path: str) -> bool:
+        if any(_hidden(part) for part in Path(path).relative_to(split_dir).parts):
+            return False
+        if has_file_allowed_extension(path, IMAGE_SUFFIXES):
+            return True
+        not_images.append(path)
+        return False
+
+    class_to_idx = {name: label for label, name in enumerate(class_names)}
+    # allow_empty: an empty class folder is our error (or the checker's finding), not
+    # torchvision's FileNotFoundError.
+    samples = make_dataset(split_dir, class_to_idx, is_valid_file=is_image, allow_empty=True)
+    # Files outside any class folder have no label: not used either.
+    loose = sorted(str(p) for p in split_dir.iterdir() if p.is_file() and not _hidden(p.name))
+    for path in not_images + loose:
+        where = "is not in a class folder" if path in loose else "is not an image file"
+        message = f"{path} {where}; it is not used (images: {', '.join(IMAGE_SUFFIXES)}, any case)"
+        if problems is None:
+            log.debug(message)
+        else:
+            problems.append(message)
+
+    counts = np.bincount([label for _, label in samples], minlength=len(class_names))
+    for name, count in zip(class_names, counts, strict=True):
+        if count == 0 and name in folders:
+            _report(
+                problems,
+                f"class folder {split_dir / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                "add images of that class or remove the folder from every split",
+            )
+    return samples
+
+
+def stratified_split(
+    samples: Sequence[Sample], class_names: Sequence[str], ratio: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): each class of n images gives round(ratio * n) to val, at least one
+    when n >= 2 and never all of them. The shuffle of a class depends on the seed and its
+    name only, so adding a class or another class's images leaves it unchanged. Both
+    parts keep the order of `samples`."""
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    val: set[str] = set()
+    for label, items in by_class.items():
+        n = len(items)
+        n_val = min(max(round(ratio * n), 1 if n >= 2 else 0), n - 1)
+        rng = np.random.default_rng([seed, zlib.crc32(class_names[label].encode())])
+        val.update(items[i][0] for i in rng.permutation(n)[:n_val])
+    return [s for s in samples if s[0] not in val], [s for s in samples if s[0] in val]
+
+
+def find_splits(
+    root: str | Path,
+    class_names: Sequence[str],
+    val_ratio: float = 0.1,
+    split_seed: int = 0,
+    problems: list[str] | None = None,
+) -> dict[str, list[Sample]]:
+    """The (path, label) samples of train, val and test under `root` (see the module
+    docstring); test is the val list itself when there is no test/ folder.
+
+    Args:
+        problems: None to raise the first problem found as SeglabError; a list to append
+            every problem to instead (the data checker). A missing root or train/ always
+            raises: nothing can be listed then.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SeglabError(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise SeglabError(f"data.root={root} has no train/ folder; {LAYOUT}")
+    # The classes come from train/ at construction, or from a checkpoint's config; the
+    # folders may have changed since.
+    splits = {
+        "train": _list_split(
+            train_dir,
+            class_names,
+            problems,
+            f"data.class_names={list(class_names)}",
+            "set data.class_names=null (and num_classes=null) to take the folder names",
+        )
+    }
+
+    def other_split(split: str) -> list[Sample]:
+        return _list_split(
+            root / split,
+            class_names,
+            problems,
+            f"those of {train_dir} ({list(class_names)})",
+            "every split needs one folder per class, named as in train/",
+        )
+
+    if (root / "val").is_dir():
+        splits["val"] = other_split("val")
+    else:
+        splits["train"], splits["val"] = stratified_split(
+            splits["train"], class_names, val_ratio, split_seed
+        )
+        log.info("%s has no val/ folder; validating on %g of each class", root, val_ratio)
+    if not splits["val"]:
+        _report(
+            problems,
+            f"{root} gives no val images: add ROOT/val/<class>/ folders, or at least two "
+            "images per class in train/ to split by data.val_ratio",
+        )
+    if (root / "test").is_dir():
+        splits["test"] = other_split("test")
+    else:
+        log.info("%s has no test/ folder; testing on the val split", root)
+        splits["test"] = splits["val"]
+    return splits
+
+
+def _decode(path: str) -> torch.Tensor:
+    """uint8 RGB tensor [3, H, W] of an image file."""
+    with Image.open(path) as picture:
+        # convert() decodes every pixel, so a truncated file fails here, not later.
+        rgb = picture.convert("RGB")
+    return TF.pil_to_tensor(rgb)
+
+
+class ImageFolderClassification(Dataset):
+    """One split of class-folder images: `(image FloatTensor[3, h, w], int label)`.
+
+    Args:
+        samples: (image path, label) per item.
+        split: "train", "val" or "test"; named in error messages.
+        transform: uint8 image [3, H, W] -> the tensor the item holds.
+        skip_corrupt: an unreadable file gives None (and a warning naming it) instead of
+            raising SeglabError; the loader's collate must drop the Nones
+            (`skip_unreadable_collate`).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        split: str,
+        transform: ImageTransform,
+        skip_corrupt: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.split = split
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            image = _decode(path)
+        except _DECODE_ERRORS as err:
+            if self.skip_corrupt:
+                log.warning(
+                    "skipped unreadable image %s (%s split): %s", path, self.split, _one_line(err)
+                )
+                return None
+            raise SeglabError(
+                f"cannot read image {path} ({self.split} split): {_one_line(err)}; replace or "
+                "remove the file, or set data.skip_corrupt=true to skip unreadable images"
+            ) from err
+        return self.transform(image), label
+
+
+def skip_unreadable_collate(
+    batch: list[tuple[torch.Tensor, int] | None],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Collate that drops the unreadable items (None) of a batch and counts them.
+
+    A batch with no readable item at all raises SeglabError: an empty batch has no
+    loss, and with the files in random order it means most of the data is unreadable,
+    which no training should pass over.
+
+    Shape:
+        items (image [3, H, W], label) or None -> images [N, 3, H, W], labels LongTensor
+        [N], number of Nones dropped.
+    """
+    readable = [item for item in batch if item is not None]
+    if not readable:
+        raise SeglabError(
+            f"all {len(batch)} images of a batch are unreadable (named in the warnings above); "
+            "data.skip_corrupt drops unreadable images from a batch but needs one readable "
+            "image per batch: run the data checker and replace or remove the bad files"
+        )
+    images, labels = default_collate(readable)
+    return images, labels, len(batch) - len(readable)
+
+
+def _stats(values: Sequence[float] | None, name: str) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    stats = tuple(float(v) for v in values)
+    if len(stats) != 3 or (name == "std" and min(stats) <= 0):
+        raise SeglabError(
+            f"data.{name} must be 3 per-channel values (R, G, B) on the 0-255 scale"
+            f"{', all > 0' if name == 'std' else ''}; got {list(values)}"
+        )
+    return stats  # type: ignore[return-value]
+
+
+class ImageFolderDataModule(SeglabDataModule):
+    """Classification of images sorted into class-named folders (see the module docstring).
+
+    The constructor lists only the class folder names of train/ (cheap), so the model
+    head can be sized from them; setup() lists and splits the image files.
+
+    Args:
+        root: folder holding train/ (and optionally val/, test/).
+        class_names: None for the sorted folder names of train/; a list must equal them.
+            Where root/train/ does not exist (a trained model's config on another
+            machine), the given names are used and only setup() fails.
+        num_classes: None for the number of class folders; a number must equal it.
+        ignore_index: kept for the common interface; -100 (CrossEntropyLoss's default)
+            since every image has a label.
+        image_size: height and width (or one int) every image is resized to.
+        val_ratio: fraction of each class of train/ held out for validation when there
+            is no val/ folder.
+        split_seed: seeds that split (independently of the training seed).
+        augment: random crop (after zero-padding by `crop_padding`) and horizontal flip
+            (probability `hflip`) of training images.
+        crop_padding, hflip: see `augment`.
+        mean, std: per-channel statistics (0-255 scale) to normalise with; None for
+            ImageNet's. The data checker prints the dataset's own.
+        skip_corrupt: drop unreadable images from their batch with a warning (the count
+            is logged as `<stage>/skipped_files`) instead of stopping with an error.
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        root: str | Path,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        ignore_index: int = -100,
+        image_size: int | Sequence[int] = 32,
+        val_ratio: float = 0.1,
+        split_seed: int = 0,
+        augment: bool = True,
+        crop_padding: int = 4,
+        hflip: float = 0.5,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        skip_corrupt: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        class_names, num_classes = _classes(self.root, class_names, num_classes)
+        super().__init__(
+            class_names,
+            num_classes,
+            ignore_index,
+            image_size,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
+        if not 0 < val_ratio < 1:
+            raise SeglabError(f"data.val_ratio must be in (0, 1); got {val_ratio}")
+        self.val_ratio = float(val_ratio)
+        self.split_seed = split_seed
+        # Instance attributes: `to_input` (prediction) normalises with these too.
+        self.mean = _stats(mean, "mean") or self.mean
+        self.std = _stats(std, "std") or self.std
+        self.train_transform = classification_transform(
+            self.input_size,
+            self.mean,
+            self.std,
+            train=augment,
+            resize=True,
+            crop_padding=crop_padding,
+            hflip=hflip,
+        )
+        self.eval_transform = classification_transform(
+            self.input_size, self.mean, self.std, train=False, resize=True
+        )
+        self.skip_corrupt = skip_corrupt
+        if skip_corrupt:
+            self.collate_fn = skip_unreadable_collate
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed)
+        skip = self.skip_corrupt
+        self.train_set = ImageFolderClassification(
+            splits["train"], "train", self.train_transform, skip
+        )
+        self.val_set = ImageFolderClassification(splits["val"], "val", self.eval_transform, skip)
+        self.test_set = (
+            self.val_set
+            if splits["test"] is splits["val"]
+            else ImageFolderClassification(splits["test"], "test", self.eval_transform, skip)
+        )
+        log.info(
+            "%s: %d classes; %d train, %d val, %d test images",
+            self.root,
+            self.num_classes,
+            len(self.train_set),
+            len(self.val_set),
+            len(self.test_set),
+        )
+
+    def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
+        """Every split as uint8 images [3, image_size, image_size] (resized, not
+        augmented, not normalised) that raise on an unreadable file even with
+        `skip_corrupt`, and every problem found while listing the folders."""
+        problems: list[str] = []
+        splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed, problems)
+        resize = v2.Resize(self.input_size, antialias=True)
+        datasets: dict[str, Dataset] = {}
+        for split, samples in splits.items():
+            if split == "test" and samples is splits["val"]:
+                continue
+            datasets[split] = ImageFolderClassification(samples, split, resize)
+        return datasets, problems
