@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 
 from seglab.config import CONFIG_DIR, compose
 from seglab.data.base import to_input
-from seglab.data.folder import FolderDataModule, find_splits
+from seglab.data.folder import LAYOUT, FolderDataModule, find_splits
 from seglab.data.transforms import eval_transform, train_transform
 from seglab.errors import SeglabError
 from seglab.train import train
@@ -369,3 +369,94 @@ def test_train_end_to_end_on_a_folder(tmp_path):
     metrics = train(cfg)
     assert math.isfinite(metrics["test/mIoU"]) and 0.0 <= metrics["test/mIoU"] <= 1.0
     assert math.isfinite(metrics["test/loss"])
+
+
+# --- check_splits: every discovery problem listed, samples as stored. ---
+
+
+def test_check_splits_lists_every_unpaired_file(tmp_path):
+    root = subfolder_dataset(tmp_path)
+    for stem in ("a", "c"):  # a.png, c.png: train images without masks
+        next((root / "masks" / "train").glob(f"{stem}.*")).unlink()
+    next((root / "images" / "val").glob("e.*")).unlink()  # val mask without image
+    (root / "masks" / "test" / "g.png").write_bytes(
+        (root / "masks" / "test" / "f.png").read_bytes()
+    )
+    dm = FolderDataModule(root, CLASSES, 3, crop_size=32)
+
+    datasets, problems = dm.check_splits()
+    assert dm.train_set is None  # nothing raised, nothing set up for training
+    assert problems == [
+        f"image {root}/images/train/a.png has no mask {root}/masks/train/a.png",
+        f"image {root}/images/train/c.png has no mask {root}/masks/train/c.png",
+        f"mask {root}/masks/val/e.png has no image e.{{png,jpg,jpeg,tif,tiff,bmp}} in "
+        f"{root}/images/val",
+        f"mask {root}/masks/test/g.png has no image g.{{png,jpg,jpeg,tif,tiff,bmp}} in "
+        f"{root}/images/test",
+    ]
+    assert {s: [p[0].name for p in d.pairs] for s, d in datasets.items()} == {
+        "train": ["b.jpg"],
+        "val": ["d.png"],
+        "test": ["f.png"],
+    }
+    image, mask = datasets["val"][0]  # no augmentation, no padding, uint8 image
+    assert image.dtype == torch.uint8 and image.shape == (3, 40, 56)
+    raw_image = np.array(Image.open(root / "images" / "val" / "d.png").convert("RGB"))
+    assert torch.equal(image, torch.from_numpy(raw_image).permute(2, 0, 1))
+    raw_mask = np.array(Image.open(root / "masks" / "val" / "d.png"))
+    assert mask.dtype == torch.int64 and torch.equal(mask, torch.from_numpy(raw_mask).long())
+    with pytest.raises(SeglabError, match=r"2 images in .*train have no mask"):
+        dm.setup("fit")  # training still stops at the first problem
+
+
+def test_check_splits_names_a_corrupt_image_when_it_is_read(tmp_path):
+    root = subfolder_dataset(tmp_path)
+    (root / "images" / "train" / "b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "images" / "test" / "f.png").write_bytes(b"garbage")  # setup() reads its header
+    datasets, problems = FolderDataModule(root, CLASSES, 3).check_splits()
+    assert problems == [] and set(datasets) == {"train", "val", "test"}
+    assert datasets["train"][0][0].dtype == torch.uint8  # a.png still reads
+    with pytest.raises(SeglabError, match=r"cannot read image .*train/b.jpg \(train split\)"):
+        datasets["train"][1]
+    with pytest.raises(SeglabError, match=r"cannot read image .*test/f.png \(test split\)"):
+        datasets["test"][0]
+
+
+def test_check_splits_reports_list_and_folder_problems(tmp_path):
+    lists = write_dataset(tmp_path / "lists", {"": ["p", "q", "r", "s"]})
+    (lists / "train.txt").write_text("p\nzz\nq\nyy\n")
+    (lists / "val.txt").write_text("q\nr\n")  # q is in train too
+    datasets, problems = FolderDataModule(lists, CLASSES, 3).check_splits()
+    assert set(datasets) == {"train", "val"}  # no test.txt: test is val, left out
+    assert [p[0].stem for p in datasets["train"].pairs] == ["p", "q"]
+    assert [p[0].stem for p in datasets["val"].pairs] == ["r"]
+    assert len(problems) == 3
+    assert "train.txt lists zz," in problems[0] and "train.txt lists yy," in problems[1]
+    assert problems[2].startswith("q is listed in both")
+
+    folders = subfolder_dataset(tmp_path / "folders")
+    for kind in ("images", "masks"):
+        for path in (folders / kind / "val").iterdir():
+            path.unlink()
+        (folders / kind / "val").rmdir()
+    for path in (folders / "masks" / "test").iterdir():
+        path.unlink()
+    (folders / "masks" / "test").rmdir()
+    datasets, problems = FolderDataModule(folders, CLASSES, 3).check_splits()
+    assert set(datasets) == {"train"}
+    assert problems == [
+        f"{folders}/images/test has no matching {folders}/masks/test; add the masks of the "
+        "test images there",
+        f"data.root={folders} has no val pairs; add images/val and masks/val sub-folders or a "
+        f"non-empty val.txt ({LAYOUT})",
+    ]
+
+    ratio = write_dataset(tmp_path / "ratio", {"": ["p", "q", "r"]})
+    dm = FolderDataModule(ratio, CLASSES, 3, split_ratios=[0.6, 0.4, 0.0])
+    datasets, problems = dm.check_splits()
+    assert set(datasets) == {"train", "val"} and problems == []  # empty test: val reused
+
+    _, problems = FolderDataModule(tmp_path / "nope", CLASSES, 3).check_splits()
+    assert problems == [
+        f"data.root={tmp_path / 'nope'} does not exist or is not a folder; {LAYOUT}"
+    ]

@@ -19,6 +19,10 @@ Training samples are randomly scaled, cropped to `crop_size`, flipped and option
 colour-jittered; validation and test samples keep their full resolution and are only
 padded (mask: `ignore_index`) to the split's largest size, rounded up to a multiple of
 `size_divisor`, so they batch together and fit encoders with stride 32.
+
+Other datasets stored as one image file and one mask file per sample (`seglab.data.voc`,
+`seglab.data.cityscapes`) subclass `ImageMaskDataModule` and only say how their pairs
+are found (`find_pairs`) and which fixed classes, label map and colours apply.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -53,12 +58,63 @@ _INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L")
 Pair = tuple[Path, Path]  # (image, mask)
 
 
-def _examples(names: Sequence[str], limit: int = 3) -> str:
+class Problems:
+    """Where listing a dataset's files sends what it finds wrong; each message names the
+    file or folder and the fix.
+
+    Args:
+        strict: True (training, `setup()`): the first problem raises `SeglabError`, so a
+            bad dataset stops a run before it starts. False (`check_splits()`): every
+            problem is kept in `messages` and listing goes on with the usable files, so
+            one scan reports them all.
+    """
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if self.strict:
+            raise SeglabError(message)
+        self.messages.append(message)
+
+    def add_each(self, messages: Sequence[str], summary: str) -> None:
+        """Files sharing one problem: strict, one error `summary` (a count and examples);
+        otherwise one message per file."""
+        if not messages:
+            return
+        if self.strict:
+            raise SeglabError(summary)
+        self.messages.extend(messages)
+
+
+def examples(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` names, comma-separated, then "..." if there are more."""
     shown = ", ".join(names[:limit])
     return f"{shown}, ..." if len(names) > limit else shown
 
 
-def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+def check_class_names(class_names: Sequence[str], expected: Sequence[str], dataset: str) -> None:
+    """A dataset with fixed classes: the config's `class_names` must be exactly those
+    (the model head and every metric name follow them)."""
+    given, expected = list(class_names), list(expected)
+    if given != expected:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(given, expected, strict=False)) if a != b),
+            min(len(given), len(expected)),
+        )
+        raise SeglabError(
+            f"data.class_names={given} differ from the {dataset} classes {expected} "
+            f"(its masks hold these, in this order; first difference at index {first}); "
+            "keep the config's class_names and num_classes as they are"
+        )
+
+
+def _strict(problems: Problems | None) -> Problems:
+    return Problems(strict=True) if problems is None else problems
+
+
+def _files(folder: Path, suffixes: Sequence[str], problems: Problems) -> dict[str, Path]:
     """`{stem: path}` of the files in `folder` with one of `suffixes` (any case)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -67,51 +123,63 @@ def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
         if path.suffix.lower() not in suffixes:
             continue
         if path.stem in found:
-            raise SeglabError(
+            problems.add(
                 f"{found[path.stem]} and {path} have the same name stem; images and masks "
                 "are paired by stem, so rename or remove one"
             )
+            continue
         found[path.stem] = path
     return found
 
 
-def pair_files(image_dir: Path, mask_dir: Path) -> list[Pair]:
+def pair_files(image_dir: Path, mask_dir: Path, problems: Problems | None = None) -> list[Pair]:
     """(image, mask) pairs matched by file stem, sorted by stem; every image needs a mask
-    and every mask an image."""
-    images = _files(image_dir, IMAGE_SUFFIXES)
-    masks = _files(mask_dir, (MASK_SUFFIX,))
-    lonely_images = sorted(images[s].name for s in images.keys() - masks.keys())
-    if lonely_images:
-        raise SeglabError(
-            f"{len(lonely_images)} images in {image_dir} have no mask in {mask_dir} "
-            f"({_examples(lonely_images)}); add masks named <stem>.png or remove those images"
-        )
-    lonely_masks = sorted(masks[s].name for s in masks.keys() - images.keys())
-    if lonely_masks:
-        raise SeglabError(
-            f"{len(lonely_masks)} masks in {mask_dir} have no image in {image_dir} "
-            f"({_examples(lonely_masks)}); add the images or remove those masks"
-        )
-    return [(images[stem], masks[stem]) for stem in sorted(images)]
+    and every mask an image (else a problem per unpaired file)."""
+    problems = _strict(problems)
+    images = _files(image_dir, IMAGE_SUFFIXES, problems)
+    masks = _files(mask_dir, (MASK_SUFFIX,), problems)
+    lonely_images = sorted(images.keys() - masks.keys())
+    problems.add_each(
+        [f"image {images[s]} has no mask {mask_dir / s}{MASK_SUFFIX}" for s in lonely_images],
+        f"{len(lonely_images)} images in {image_dir} have no mask in {mask_dir} "
+        f"({examples([images[s].name for s in lonely_images])}); add masks named <stem>.png "
+        "or remove those images",
+    )
+    lonely_masks = sorted(masks.keys() - images.keys())
+    problems.add_each(
+        [
+            f"mask {masks[s]} has no image {s}.{{{','.join(x[1:] for x in IMAGE_SUFFIXES)}}} "
+            f"in {image_dir}"
+            for s in lonely_masks
+        ],
+        f"{len(lonely_masks)} masks in {mask_dir} have no image in {image_dir} "
+        f"({examples([masks[s].name for s in lonely_masks])}); add the images or remove "
+        "those masks",
+    )
+    return [(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
 
 
-def _read_list(path: Path, pairs: Mapping[str, Pair], root: Path) -> list[Pair]:
+def _read_list(path: Path, pairs: Mapping[str, Pair], root: Path, problems: Problems) -> list[Pair]:
     """Pairs named by a split list file: one stem per line; blank and '#' lines skipped."""
     lines = [line.strip() for line in path.read_text().splitlines()]
     stems = [line for line in lines if line and not line.startswith("#")]
     # A line may also give a file name ("0001.jpg"): its stem is used then.
     stems = [s if s in pairs else Path(s).stem for s in stems]
     unknown = [s for s in stems if s not in pairs]
-    if unknown:
-        raise SeglabError(
-            f"{path} lists {len(unknown)} names with no image/mask pair in {root}/images and "
-            f"{root}/masks ({_examples(unknown)}); fix the list or add the files"
-        )
-    return [pairs[s] for s in dict.fromkeys(stems)]  # dict: drop repeats, keep order
+    problems.add_each(
+        [
+            f"{path} lists {s}, which has no image/mask pair in {root}/images and {root}/masks"
+            for s in unknown
+        ],
+        f"{path} lists {len(unknown)} names with no image/mask pair in {root}/images and "
+        f"{root}/masks ({examples(unknown)}); fix the list or add the files",
+    )
+    # dict: drop repeats, keep order.
+    return [pairs[s] for s in dict.fromkeys(stems) if s in pairs]
 
 
 def _ratio_split(
-    pairs: Sequence[Pair], ratios: Sequence[float], seed: int, root: Path
+    pairs: Sequence[Pair], ratios: Sequence[float], seed: int, root: Path, problems: Problems
 ) -> dict[str, list[Pair]]:
     """Seeded shuffle of `pairs` cut by `ratios` (train, val, test); a non-zero ratio gets
     at least one pair, so small datasets still validate."""
@@ -123,11 +191,12 @@ def _ratio_split(
     total, count = float(sum(ratios)), len(pairs)
     sizes = [max(1, round(count * r / total)) if r > 0 else 0 for r in ratios[1:]]
     if count - sum(sizes) < 1:
-        raise SeglabError(
+        problems.add(
             f"{root} has only {count} image/mask pairs, too few to split by "
             f"data.split_ratios={list(ratios)}; add images or list the splits in "
             f"{root}/train.txt and val.txt"
         )
+        return {"train": list(pairs)}  # check_splits still scans them
     order = np.random.default_rng(seed).permutation(count)
     shuffled = [pairs[i] for i in order]
     n_val, n_test = sizes
@@ -138,59 +207,84 @@ def _ratio_split(
     }
 
 
-def _all_pairs(images: Path, masks: Path) -> list[Pair]:
-    pairs = pair_files(images, masks)
+def _all_pairs(images: Path, masks: Path, problems: Problems) -> list[Pair]:
+    pairs = pair_files(images, masks, problems)
     if not pairs:
-        raise SeglabError(f"found no image/mask pairs in {images} and {masks}; {LAYOUT}")
+        problems.add(f"found no image/mask pairs in {images} and {masks}; {LAYOUT}")
     return pairs
 
 
-def find_splits(
-    root: Path, split_ratios: Sequence[float] = (0.8, 0.1, 0.1), split_seed: int = 0
+def _subfolder_splits(
+    images: Path, masks: Path, problems: Problems, reported: set[str]
 ) -> dict[str, list[Pair]]:
-    """The (image, mask) pairs of each split under `root`; see the module docstring."""
+    splits: dict[str, list[Pair]] = {}
+    for split in SPLITS:
+        if not (images / split).is_dir():
+            continue
+        if not (masks / split).is_dir():
+            problems.add(
+                f"{images / split} has no matching {masks / split}; add the masks of "
+                f"the {split} images there"
+            )
+            reported.add(split)
+            continue
+        splits[split] = pair_files(images / split, masks / split, problems)
+    return splits
+
+
+def _list_splits(
+    root: Path, images: Path, masks: Path, problems: Problems
+) -> dict[str, list[Pair]]:
+    pairs = {image.stem: (image, mask) for image, mask in _all_pairs(images, masks, problems)}
+    splits: dict[str, list[Pair]] = {}
+    seen: dict[Path, str] = {}
+    for split in SPLITS:
+        if not (root / f"{split}.txt").is_file():
+            continue
+        splits[split] = []
+        for image, mask in _read_list(root / f"{split}.txt", pairs, root, problems):
+            if image in seen:
+                problems.add(
+                    f"{image.stem} is listed in both {root / seen[image]}.txt and "
+                    f"{root / split}.txt; a sample may be in one split only"
+                )
+                continue
+            seen[image] = split
+            splits[split].append((image, mask))
+    return splits
+
+
+def find_splits(
+    root: Path,
+    split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    problems: Problems | None = None,
+) -> dict[str, list[Pair]]:
+    """The (image, mask) pairs of each split under `root` (see the module docstring):
+    "train" and "val", and "test" where the folder has one. `problems`: where to report
+    what is wrong; None raises on the first."""
+    problems = _strict(problems)
     if not root.is_dir():
-        raise SeglabError(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
+        problems.add(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
+        return {}
     images, masks = root / "images", root / "masks"
     if not (images.is_dir() and masks.is_dir()):
-        raise SeglabError(f"data.root={root} has no images/ and masks/ folders; {LAYOUT}")
-    splits: dict[str, list[Pair]] = {}
+        problems.add(f"data.root={root} has no images/ and masks/ folders; {LAYOUT}")
+        return {}
+    reported: set[str] = set()  # splits whose problem is already told
     if (images / "train").is_dir():
-        for split in SPLITS:
-            if not (images / split).is_dir():
-                continue
-            if not (masks / split).is_dir():
-                raise SeglabError(
-                    f"{images / split} has no matching {masks / split}; add the masks of "
-                    f"the {split} images there"
-                )
-            splits[split] = pair_files(images / split, masks / split)
+        splits = _subfolder_splits(images, masks, problems, reported)
     elif any((root / f"{split}.txt").is_file() for split in SPLITS):
-        pairs = {image.stem: (image, mask) for image, mask in _all_pairs(images, masks)}
-        for split in SPLITS:
-            if (root / f"{split}.txt").is_file():
-                splits[split] = _read_list(root / f"{split}.txt", pairs, root)
-        seen: dict[Path, str] = {}
-        for split, split_pairs in splits.items():
-            for image, _ in split_pairs:
-                if image in seen:
-                    raise SeglabError(
-                        f"{image.stem} is listed in both {root / seen[image]}.txt and "
-                        f"{root / split}.txt; a sample may be in one split only"
-                    )
-                seen[image] = split
+        splits = _list_splits(root, images, masks, problems)
     else:
-        splits = _ratio_split(_all_pairs(images, masks), split_ratios, split_seed, root)
-
+        pairs = _all_pairs(images, masks, problems)
+        return _ratio_split(pairs, split_ratios, split_seed, root, problems) if pairs else {}
     for split in ("train", "val"):
-        if not splits.get(split):
-            raise SeglabError(
+        if not splits.get(split) and split not in reported:
+            problems.add(
                 f"data.root={root} has no {split} pairs; add images/{split} and "
                 f"masks/{split} sub-folders or a non-empty {split}.txt ({LAYOUT})"
             )
-    if not splits.get("test"):
-        log.info("%s has no test split; testing on the val split", root)
-        splits["test"] = splits["val"]
     return splits
 
 
@@ -234,6 +328,8 @@ class MaskDecoder:
         palette: None for class-index masks; else one (r, g, b) per class, and masks are
             RGB images decoded colour -> class (unknown colours -> `ignore_index`).
         label_map: `{old: new}` applied after decoding; new may be `ignore_index`.
+        value_fix: what to do about a mask value that is no label, for datasets whose
+            label_map is fixed; None: suggest `data.label_map`.
     """
 
     def __init__(
@@ -242,10 +338,12 @@ class MaskDecoder:
         ignore_index: int,
         palette: Sequence[Sequence[int]] | None = None,
         label_map: Mapping[int, int] | None = None,
+        value_fix: str | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.palette = palette
+        self.value_fix = value_fix
         # A 256-entry lookup table: one fancy-index applies the whole label_map.
         self.lut = np.arange(256, dtype=np.uint8)
         for old, new in (label_map or {}).items():
@@ -290,17 +388,21 @@ class MaskDecoder:
             present = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
             bad = [int(v) for v in present if v >= self.num_classes and v != self.ignore_index]
             if bad:
+                fix = self.value_fix or (
+                    "fix the mask or map the value with data.label_map "
+                    f"(e.g. {{{bad[0]}: {self.ignore_index}}})"
+                )
                 raise SeglabError(
                     f"mask {path} ({split} split) has value {bad[0]}"
                     f"{f' (and {bad[1:]})' if len(bad) > 1 else ''} but num_classes="
-                    f"{self.num_classes}, ignore_index={self.ignore_index}; fix the mask or "
-                    f"map the value with data.label_map (e.g. {{{bad[0]}: {self.ignore_index}}})"
+                    f"{self.num_classes}, ignore_index={self.ignore_index}; {fix}"
                 )
         return labels
 
 
 class FolderSegmentation(Dataset):
-    """One split of image/mask files: `(image FloatTensor[3, H, W], mask LongTensor[H, W])`.
+    """One split of image/mask files: `(image FloatTensor[3, H, W], mask LongTensor[H, W])`
+    with the training or evaluation transform (uint8 images with `as_stored`).
 
     Args:
         pairs: (image path, mask path) per sample.
@@ -354,11 +456,163 @@ class FolderSegmentation(Dataset):
         return image, mask
 
 
-class FolderDataModule(SeglabDataModule):
-    """Semantic segmentation of images and masks in a folder (see the module docstring).
+def as_stored(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """`check_splits`' transform: the sample as decoded, without augmentation.
 
-    The folder is read in `setup()`, not here, so a trained model's config still builds
-    this datamodule (for `to_input`, `palette`) where the data is gone.
+    Shape:
+        uint8 Image[3, H, W], uint8 Mask[H, W] -> uint8 Tensor[3, H, W], LongTensor[H, W].
+    """
+    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+
+class ImageMaskDataModule(SeglabDataModule):
+    """Semantic segmentation over (image file, mask file) pairs: loading, mask decoding,
+    transforms, padding and `check_splits`. A subclass only says where the pairs are
+    (`find_pairs`) and passes its fixed decoding (`mask_palette`, `label_map`); its own
+    constructor arguments are its YAML keys.
+
+    The files are listed in `setup()`, not here, so a trained model's config still
+    builds the datamodule (for `to_input`, `palette`) where the data is gone.
+
+    Args:
+        root: the dataset's folder.
+        class_names, num_classes: one name per class, in label order.
+        ignore_index: mask value of void pixels, in [0, 255] (masks are 8-bit).
+        crop_size: side of the square training crops, and the model's `input_size`.
+        scale_range, hflip, color_jitter: the training augmentation (`train_transform`).
+        size_divisor: evaluation samples are padded to a multiple of this (the net's
+            output stride: 32 for five-stage encoders).
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        mask_palette: None for class-index masks; else one (r, g, b) per class to decode
+            colour-coded masks, which also colours predictions.
+        label_map: `{old: new}` label renumbering after decoding.
+        value_fix: the fix a mask value that is no label calls for (see `MaskDecoder`).
+    """
+
+    task = "segmentation"
+    # Logged when `find_pairs` gives no test split and testing reuses val.
+    no_test_reason: ClassVar[str] = "no test split"
+
+    def __init__(
+        self,
+        root: str | Path,
+        class_names: Sequence[str],
+        num_classes: int,
+        ignore_index: int = 255,
+        crop_size: int = 512,
+        scale_range: Sequence[float] = (0.5, 2.0),
+        hflip: float = 0.5,
+        color_jitter: Mapping[str, float] | None = None,
+        size_divisor: int = 32,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        *,
+        mask_palette: Sequence[Sequence[int]] | None = None,
+        label_map: Mapping[int, int] | None = None,
+        value_fix: str | None = None,
+    ) -> None:
+        super().__init__(
+            class_names,
+            num_classes,
+            ignore_index,
+            crop_size,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
+        if not 0 <= ignore_index <= 255:
+            raise SeglabError(
+                f"data.ignore_index={ignore_index} does not fit an 8-bit mask; use a value in "
+                f"[{num_classes}, 255], e.g. 255"
+            )
+        self.root = Path(root).expanduser()
+        self.mask_palette = _check_palette(mask_palette, num_classes)
+        self.label_map = _check_label_map(label_map, num_classes, ignore_index)
+        self.decoder = MaskDecoder(
+            num_classes, ignore_index, self.mask_palette, self.label_map, value_fix
+        )
+        self.train_transform = train_transform(
+            crop_size,
+            ignore_index,
+            self.mean,
+            self.std,
+            scale_range=scale_range,
+            hflip=hflip,
+            color_jitter=dict(color_jitter) if color_jitter else None,
+        )
+        self.eval_transform = eval_transform(self.mean, self.std)
+        self.size_divisor = size_divisor
+
+    def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
+        """The (image, mask) pairs of each split: "train", "val" and, where the dataset
+        has a separate one with masks, "test" (else testing reuses val).
+
+        Report every problem to `problems`, naming the file or folder and the fix, and go
+        on with the usable pairs: in `setup()` the first report raises, in
+        `check_splits()` all are collected. A split may be missing or empty once its
+        problem is reported.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement find_pairs")
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        """The mask colours when masks are colour-coded, else the default palette."""
+        return self.mask_palette or super().palette
+
+    def _eval_split(self, pairs: list[Pair], split: str) -> FolderSegmentation:
+        # One pad size per split, from the file headers: full-resolution samples of
+        # different sizes then batch, and fit the net's stride.
+        sizes = np.array([_size(image, "image", split) for image, _ in pairs])
+        divisor = self.size_divisor
+        pad_size = tuple(int(-(-s // divisor) * divisor) for s in sizes.max(axis=0))
+        return FolderSegmentation(
+            pairs, split, self.decoder, self.eval_transform, pad_size, self.ignore_index
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        splits = self.find_pairs(Problems(strict=True))
+        for split in ("train", "val"):
+            if not splits.get(split):  # find_pairs should have said why; a safety net
+                raise SeglabError(
+                    f"{type(self).__name__} found no {split} pairs under data.root={self.root}"
+                )
+        self.train_set = FolderSegmentation(
+            splits["train"], "train", self.decoder, self.train_transform
+        )
+        self.val_set = self._eval_split(splits["val"], "val")
+        if splits.get("test"):
+            self.test_set = self._eval_split(splits["test"], "test")
+        else:
+            log.info("%s: %s; testing on the val split", self.root, self.no_test_reason)
+            self.test_set = self.val_set
+        log.info(
+            "%s: %d train, %d val, %d test pairs",
+            self.root,
+            len(self.train_set),
+            len(self.val_set),
+            len(self.test_set),
+        )
+
+    def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
+        """Every split's pairs as stored (`as_stored`: no augmentation, no padding) and
+        every problem found listing them; a test split that is val is left out."""
+        problems = Problems(strict=False)
+        splits = self.find_pairs(problems)
+        datasets: dict[str, Dataset] = {
+            split: FolderSegmentation(splits[split], split, self.decoder, as_stored)
+            for split in SPLITS
+            if splits.get(split)
+        }
+        return datasets, problems.messages
+
+
+class FolderDataModule(ImageMaskDataModule):
+    """Semantic segmentation of images and masks in a folder (see the module docstring).
 
     Args:
         root: folder holding `images/` and `masks/`.
@@ -378,8 +632,6 @@ class FolderDataModule(SeglabDataModule):
             output stride: 32 for five-stage encoders).
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
-
-    task = "segmentation"
 
     def __init__(
         self,
@@ -402,73 +654,27 @@ class FolderDataModule(SeglabDataModule):
         persistent_workers: bool = False,
     ) -> None:
         super().__init__(
+            root,
             class_names,
             num_classes,
             ignore_index,
             crop_size,
+            scale_range,
+            hflip,
+            color_jitter,
+            size_divisor,
             batch_size,
             num_workers,
             pin_memory,
             persistent_workers,
+            mask_palette=palette,
+            label_map=label_map,
         )
-        if not 0 <= ignore_index <= 255:
-            raise SeglabError(
-                f"data.ignore_index={ignore_index} does not fit an 8-bit mask; use a value in "
-                f"[{num_classes}, 255], e.g. 255"
-            )
-        self.root = Path(root).expanduser()
-        self.custom_palette = _check_palette(palette, num_classes)
-        self.label_map = _check_label_map(label_map, num_classes, ignore_index)
         self.split_ratios = [float(r) for r in split_ratios]
         self.split_seed = split_seed
-        self.decoder = MaskDecoder(num_classes, ignore_index, self.custom_palette, self.label_map)
-        self.train_transform = train_transform(
-            crop_size,
-            ignore_index,
-            self.mean,
-            self.std,
-            scale_range=scale_range,
-            hflip=hflip,
-            color_jitter=dict(color_jitter) if color_jitter else None,
-        )
-        self.eval_transform = eval_transform(self.mean, self.std)
-        self.size_divisor = size_divisor
 
-    @property
-    def palette(self) -> list[tuple[int, int, int]]:
-        """The mask colours when given, else the default palette."""
-        return self.custom_palette or super().palette
-
-    def _eval_split(self, pairs: list[Pair], split: str) -> FolderSegmentation:
-        # One pad size per split, from the file headers: full-resolution samples of
-        # different sizes then batch, and fit the net's stride.
-        sizes = np.array([_size(image, "image", split) for image, _ in pairs])
-        divisor = self.size_divisor
-        pad_size = tuple(int(-(-s // divisor) * divisor) for s in sizes.max(axis=0))
-        return FolderSegmentation(
-            pairs, split, self.decoder, self.eval_transform, pad_size, self.ignore_index
-        )
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        splits = find_splits(self.root, self.split_ratios, self.split_seed)
-        self.train_set = FolderSegmentation(
-            splits["train"], "train", self.decoder, self.train_transform
-        )
-        self.val_set = self._eval_split(splits["val"], "val")
-        self.test_set = (
-            self.val_set
-            if splits["test"] is splits["val"]
-            else self._eval_split(splits["test"], "test")
-        )
-        log.info(
-            "%s: %d train, %d val, %d test pairs",
-            self.root,
-            len(self.train_set),
-            len(self.val_set),
-            len(self.test_set),
-        )
+    def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
+        return find_splits(self.root, self.split_ratios, self.split_seed, problems)
 
 
 def _check_palette(
