@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
@@ -147,6 +148,44 @@ class SeglabDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
+
+
+class Problems:
+    """Where listing a dataset's files sends what it finds wrong; each message names the
+    file or folder and the fix.
+
+    Args:
+        strict: True (training, `setup()`): the first problem raises `SeglabError`, so a
+            bad dataset stops a run before it starts. False (`check_splits()`): every
+            problem is kept in `messages` and listing goes on with the usable files, so
+            one scan reports them all.
+    """
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if self.strict:
+            raise SeglabError(message)
+        self.messages.append(message)
+
+    def add_each(self, messages: Sequence[str], summary: str) -> None:
+        """Files sharing one problem: strict, one error `summary` (a count and examples);
+        otherwise one message per file."""
+        if not messages:
+            return
+        if self.strict:
+            raise SeglabError(summary)
+        self.messages.extend(messages)
+
+    def notice(self, message: str, log: logging.Logger) -> None:
+        """A finding that does not stop training (a stray non-image file): kept in
+        `messages` for the checker, debug-logged otherwise."""
+        if self.strict:
+            log.debug(message)
+        else:
+            self.messages.append(message)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

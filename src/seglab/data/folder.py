@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from seglab.data.base import SeglabDataModule
+from seglab.data.base import Problems, SeglabDataModule
 from seglab.data.transforms import Transform, eval_transform, pad_to, train_transform
 from seglab.errors import SeglabError
 
@@ -56,36 +56,6 @@ LAYOUT = (
 _INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L")
 
 Pair = tuple[Path, Path]  # (image, mask)
-
-
-class Problems:
-    """Where listing a dataset's files sends what it finds wrong; each message names the
-    file or folder and the fix.
-
-    Args:
-        strict: True (training, `setup()`): the first problem raises `SeglabError`, so a
-            bad dataset stops a run before it starts. False (`check_splits()`): every
-            problem is kept in `messages` and listing goes on with the usable files, so
-            one scan reports them all.
-    """
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.messages: list[str] = []
-
-    def add(self, message: str) -> None:
-        if self.strict:
-            raise SeglabError(message)
-        self.messages.append(message)
-
-    def add_each(self, messages: Sequence[str], summary: str) -> None:
-        """Files sharing one problem: strict, one error `summary` (a count and examples);
-        otherwise one message per file."""
-        if not messages:
-            return
-        if self.strict:
-            raise SeglabError(summary)
-        self.messages.extend(messages)
 
 
 def examples(names: Sequence[str], limit: int = 3) -> str:

@@ -35,7 +35,7 @@ from torchvision.datasets.folder import find_classes, has_file_allowed_extension
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from seglab.data.base import SeglabDataModule
+from seglab.data.base import Problems, SeglabDataModule
 from seglab.data.folder import IMAGE_SUFFIXES
 from seglab.data.transforms import ImageTransform, classification_transform
 from seglab.errors import SeglabError
@@ -58,13 +58,6 @@ def _hidden(name: str) -> bool:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
-
-
-def _report(problems: list[str] | None, message: str) -> None:
-    """Raise `message` (problems is None: training) or collect it (the data checker)."""
-    if problems is None:
-        raise SeglabError(message)
-    problems.append(message)
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -119,7 +112,7 @@ def _names_differ(names: list[str], folders: list[str], train_dir: Path) -> str:
 def _list_split(
     split_dir: Path,
     class_names: Sequence[str],
-    problems: list[str] | None,
+    problems: Problems,
     reference: str,
     fix: str,
 ) -> list[Sample]:
@@ -130,8 +123,7 @@ def _list_split(
     missing = [str(split_dir / name) for name in class_names if name not in folders]
     extra = [str(split_dir / name) for name in folders if name not in class_names]
     if missing or extra:
-        _report(
-            problems,
+        problems.add(
             f"the class folders of {split_dir} differ from {reference}: missing {missing}, "
             f"extra {extra}; {fix}",
         )
@@ -155,16 +147,12 @@ def _list_split(
     for path in not_images + loose:
         where = "is not in a class folder" if path in loose else "is not an image file"
         message = f"{path} {where}; it is not used (images: {', '.join(IMAGE_SUFFIXES)}, any case)"
-        if problems is None:
-            log.debug(message)
-        else:
-            problems.append(message)
+        problems.notice(message, log)
 
     counts = np.bincount([label for _, label in samples], minlength=len(class_names))
     for name, count in zip(class_names, counts, strict=True):
         if count == 0 and name in folders:
-            _report(
-                problems,
+            problems.add(
                 f"class folder {split_dir / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
                 "add images of that class or remove the folder from every split",
             )
@@ -195,16 +183,17 @@ def find_splits(
     class_names: Sequence[str],
     val_ratio: float = 0.1,
     split_seed: int = 0,
-    problems: list[str] | None = None,
+    problems: Problems | None = None,
 ) -> dict[str, list[Sample]]:
     """The (path, label) samples of train, val and test under `root` (see the module
     docstring); test is the val list itself when there is no test/ folder.
 
     Args:
-        problems: None to raise the first problem found as SeglabError; a list to append
-            every problem to instead (the data checker). A missing root or train/ always
-            raises: nothing can be listed then.
+        problems: where problems go: None or a strict `Problems` raises the first as
+            SeglabError (training); a non-strict one collects them all (the data
+            checker). A missing root or train/ always raises: nothing can be listed then.
     """
+    problems = problems or Problems(strict=True)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise SeglabError(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
@@ -240,8 +229,7 @@ def find_splits(
         )
         log.info("%s has no val/ folder; validating on %g of each class", root, val_ratio)
     if not splits["val"]:
-        _report(
-            problems,
+        problems.add(
             f"{root} gives no val images: add ROOT/val/<class>/ folders, or at least two "
             "images per class in train/ to split by data.val_ratio",
         )
@@ -453,7 +441,7 @@ class ImageFolderDataModule(SeglabDataModule):
         """Every split as uint8 images [3, image_size, image_size] (resized, not
         augmented, not normalised) that raise on an unreadable file even with
         `skip_corrupt`, and every problem found while listing the folders."""
-        problems: list[str] = []
+        problems = Problems(strict=False)
         splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed, problems)
         resize = v2.Resize(self.input_size, antialias=True)
         datasets: dict[str, Dataset] = {}
@@ -461,4 +449,4 @@ class ImageFolderDataModule(SeglabDataModule):
             if split == "test" and samples is splits["val"]:
                 continue
             datasets[split] = ImageFolderClassification(samples, split, resize)
-        return datasets, problems
+        return datasets, problems.messages
