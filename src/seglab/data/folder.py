@@ -37,9 +37,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
 from seglab.data.base import Problems, SeglabDataModule
+from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
 from seglab.data.transforms import Transform, eval_transform, pad_to, train_transform
 from seglab.errors import SeglabError
 
@@ -262,17 +262,21 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def _unreadable(kind: str, path: Path, split: str, err: BaseException) -> str:
+    return (
+        f"cannot read {kind} {path} ({split} split): {_one_line(err)}; replace the file "
+        "or remove it together with its image/mask"
+    )
+
+
 def _read(path: Path, kind: str, split: str) -> Image.Image:
     """Load an image file fully (PIL opens lazily), turning any failure into SeglabError."""
     try:
         with Image.open(path) as picture:
             picture.load()
             return picture
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise SeglabError(
-            f"cannot read {kind} {path} ({split} split): {_one_line(err)}; replace the file "
-            "or remove it together with its image/mask"
-        ) from err
+    except PIL_ERRORS as err:
+        raise SeglabError(_unreadable(kind, path, split, err)) from err
 
 
 def _size(path: Path, kind: str, split: str) -> tuple[int, int]:
@@ -280,11 +284,8 @@ def _size(path: Path, kind: str, split: str) -> tuple[int, int]:
     try:
         with Image.open(path) as picture:
             width, height = picture.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise SeglabError(
-            f"cannot read {kind} {path} ({split} split): {_one_line(err)}; replace the file "
-            "or remove it together with its image/mask"
-        ) from err
+    except PIL_ERRORS as err:
+        raise SeglabError(_unreadable(kind, path, split, err)) from err
     return height, width
 
 
@@ -405,19 +406,20 @@ class FolderSegmentation(Dataset):
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """The untransformed sample: uint8 Image[3, H, W] and uint8 Mask[H, W]."""
         image_path, mask_path = self.pairs[index]
-        image = _read(image_path, "image", self.split)
+        try:
+            image = read_rgb(image_path)
+        except UnreadableImage as err:
+            raise SeglabError(_unreadable("image", image_path, self.split, err)) from err
         mask = _read(mask_path, "mask", self.split)
-        if image.size != mask.size:
+        height, width = image.shape[-2:]
+        if (width, height) != mask.size:
             raise SeglabError(
-                f"image {image_path} is {image.width}x{image.height} but its mask {mask_path} "
+                f"image {image_path} is {width}x{height} but its mask {mask_path} "
                 f"is {mask.width}x{mask.height} (W x H, {self.split} split); a mask must have "
                 "its image's size"
             )
         labels = self.decoder(mask, mask_path, self.split)
-        return (
-            tv_tensors.Image(TF.pil_to_tensor(image.convert("RGB"))),
-            tv_tensors.Mask(torch.from_numpy(labels)),
-        )
+        return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.transform(*self.load(index))

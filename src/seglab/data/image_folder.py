@@ -29,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from seglab.data.base import Problems, SeglabDataModule
 from seglab.data.folder import IMAGE_SUFFIXES
+from seglab.data.io import UnreadableImage, read_rgb
 from seglab.data.transforms import ImageTransform, classification_transform
 from seglab.errors import SeglabError
 
@@ -46,8 +45,6 @@ LAYOUT = (
     "expected ROOT/train/<class>/<image>.{png,jpg,jpeg,bmp,tif,tiff}, one folder per "
     "class (optionally ROOT/val/<class>/ and ROOT/test/<class>/ too)"
 )
-# PIL's ways of failing on a file that is not a (whole) image.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 Sample = tuple[str, int]  # (image path, label)
 
@@ -241,14 +238,6 @@ def find_splits(
     return splits
 
 
-def _decode(path: str) -> torch.Tensor:
-    """uint8 RGB tensor [3, H, W] of an image file."""
-    with Image.open(path) as picture:
-        # convert() decodes every pixel, so a truncated file fails here, not later.
-        rgb = picture.convert("RGB")
-    return TF.pil_to_tensor(rgb)
-
-
 class ImageFolderClassification(Dataset):
     """One split of class-folder images: `(image FloatTensor[3, h, w], int label)`.
 
@@ -279,8 +268,8 @@ class ImageFolderClassification(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
         try:
-            image = _decode(path)
-        except _DECODE_ERRORS as err:
+            image = read_rgb(path)
+        except UnreadableImage as err:
             if self.skip_corrupt:
                 log.warning(
                     "skipped unreadable image %s (%s split): %s", path, self.split, _one_line(err)
