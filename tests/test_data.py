@@ -88,3 +88,34 @@ def test_loaders_batch_and_drop_only_a_last_batch_of_one():
     assert sorted(len(b[0]) for b in datamodule.train_dataloader()) == [2, 4]
     images, masks = next(iter(datamodule.val_dataloader()))
     assert images.shape == (3, 3, 48, 48) and masks.shape == (3, 48, 48)
+
+
+def _trainer_on(device: str, devices: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device(device)), num_devices=devices
+    )
+
+
+def test_loader_workers_default_to_none_on_cpu_and_share_cores_between_gpus(monkeypatch):
+    from seglab.data.base import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers(_trainer_on("cpu", 1), None) == 0
+    assert loader_workers(_trainer_on("cuda", 1), None) == 8  # capped
+    assert loader_workers(_trainer_on("cuda", 4), None) == 3  # 16 cores / 4 processes - 1
+    assert loader_workers(_trainer_on("cuda", 16), None) == 0
+    assert loader_workers(_trainer_on("cpu", 1), 3) == 3  # a given count is kept
+
+
+def test_the_loader_uses_the_resolved_worker_count(make_cfg):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(make_cfg().data)
+    datamodule.setup("fit")
+    if not torch.cuda.is_available():  # no trainer: this machine's device decides
+        assert datamodule.train_dataloader().num_workers == 0
+    datamodule.num_workers = 1
+    loader = datamodule.train_dataloader()
+    assert loader.num_workers == 1 and loader.persistent_workers

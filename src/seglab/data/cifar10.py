@@ -233,9 +233,9 @@ class CIFAR10DataModule(SeglabDataModule):
         split_seed: int = 0,
         augment: bool = True,
         batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__(
             class_names,

@@ -131,9 +131,9 @@ class CityscapesDataModule(ImageMaskDataModule):
         color_jitter: Mapping[str, float] | None = None,
         size_divisor: int = 32,
         batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         check_class_names(class_names, CITYSCAPES_CLASSES, "Cityscapes")
         super().__init__(

@@ -364,9 +364,9 @@ class ImageFolderDataModule(SeglabDataModule):
         std: Sequence[float] | None = None,
         skip_corrupt: bool = False,
         batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         self.root = Path(root).expanduser()
         class_names, num_classes = _classes(self.root, class_names, num_classes)

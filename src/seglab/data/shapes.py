@@ -225,9 +225,9 @@ class ShapesDataModule(_ShapesDataModule):
         num_test: int = 200,
         seed: int = 0,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__(
             class_names,
@@ -278,9 +278,9 @@ class ShapesClassificationDataModule(_ShapesDataModule):
         num_test: int = 1000,
         seed: int = 0,
         batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__(
             class_names,
