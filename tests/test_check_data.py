@@ -117,3 +117,57 @@ def test_cli_on_embedded_data_reports_counts_and_exits_zero(tmp_path):
         "test": 12,
     }
     assert sum(report["splits"]["test"]["images"].values()) == 12
+
+
+def _png(path, array) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+def test_cli_names_every_planted_problem_of_a_folder_dataset_and_exits_one(tmp_path):
+    """Folder layout with train/ and val/ sub-folders and one of each problem the
+    checker must find; the good pairs are still counted."""
+    root = tmp_path / "data"
+    image = np.full((8, 10, 3), 100)
+    good = np.zeros((8, 10))
+    good[:, 5:] = 1
+    for split, stems in (("train", ["a", "b"]), ("val", ["v"])):
+        for stem in stems:
+            _png(root / "images" / split / f"{stem}.png", image)
+            _png(root / "masks" / split / f"{stem}.png", good)
+    _png(root / "images" / "train" / "lonely_image.png", image)  # no mask
+    _png(root / "masks" / "train" / "lonely_mask.png", good)  # no image
+    (root / "images" / "train" / "broken.png").write_bytes(b"\x89PNG not really")
+    _png(root / "masks" / "train" / "broken.png", good)
+    _png(root / "images" / "train" / "wide.png", np.full((8, 12, 3), 100))  # size mismatch
+    _png(root / "masks" / "train" / "wide.png", good)
+    _png(root / "images" / "val" / "seven.png", image)
+    _png(root / "masks" / "val" / "seven.png", np.full((8, 10), 7))  # not a class
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.check_data",
+            "data=folder",
+            f"data.root={root}",
+            "data.class_names=[bg,thing]",
+            "data.num_classes=2",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    problems = "\n".join(report["problems"])
+    assert len(report["problems"]) == 5, problems
+    for planted in ("lonely_image.png", "lonely_mask.png", "broken.png", "wide.png"):
+        assert planted in problems
+    assert "seven.png" in problems and "value 7" in problems
+    # a and b are read (40 pixels each: half bg, half thing); the bad ones are not counted.
+    assert report["splits"]["train"]["pixels"] == {"bg": 80, "thing": 80}
+    assert report["splits"]["train"]["readable"] == 2
+    assert "5 problem(s):" in run.stdout

@@ -1,0 +1,208 @@
+"""Loader throughput benchmarks, part of `make bench` (`python -m seglab.bench --only loading`).
+
+Two datasets are written into a temporary folder and read back through seglab's
+datamodules with 0 and 2 DataLoader workers, next to decoding the same files alone:
+
+- segmentation: 512x512 PNG image/mask pairs through `data=folder`'s default training
+  augmentation (random scale, 512x512 crop, flip, normalisation);
+- classification: 32x32 JPEGs in class folders through `data=image_folder` (resize,
+  padded random crop, flip, normalisation), against the plain CNN's training throughput.
+
+The images are smooth colour gradients with noise and shapes (photo-like compression,
+unlike pure noise, which would make PNG decoding unrealistically slow).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seglab.data.folder import FolderDataModule
+from seglab.data.image_folder import ImageFolderDataModule
+from seglab.data.shapes import render_scene
+
+
+def _photo(rng: np.random.Generator, size: int, shapes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo-like uint8 RGB image (H, W, 3) and its label mask (H, W)."""
+    return render_scene(rng, (size, size), ("ellipse", "rectangle", "triangle"), shapes, (0.1, 0.3))
+
+
+def write_segmentation_folder(root: Path, count: int, size: int = 512) -> Path:
+    """`count` image/mask PNG pairs of size x size under root/images, root/masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    tile = 64  # render small, upscale: render_scene is slow at 512 px
+    for i in range(count):
+        image, mask = _photo(rng, tile, 4)
+        image = Image.fromarray(image).resize((size, size), Image.BILINEAR)
+        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (size, size, 3))
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).resize((size, size), Image.NEAREST).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def write_image_folder(root: Path, count: int, classes: int = 10, size: int = 32) -> Path:
+    """`count` size x size JPEGs spread over `classes` folders under root/train."""
+    rng = np.random.default_rng(0)
+    base = [_photo(rng, size, 2)[0] for _ in range(64)]
+    for c in range(classes):
+        (root / "train" / f"class{c}").mkdir(parents=True)
+    for i in range(count):
+        noisy = base[i % 64].astype(np.int16) + rng.integers(-8, 9, (size, size, 3))
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(
+            root / "train" / f"class{i % classes}" / f"{i}.jpg", quality=90
+        )
+    return root
+
+
+def _decode_rate(paths: list[Path]) -> float:
+    """Images/s of PIL decoding alone (open, load, convert to RGB), one process."""
+    start = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            image.convert("RGB")
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _loader_rate(loader, batches: int) -> float:
+    """Images/s of `batches` batches, after the first (worker start-up) is dropped."""
+    iterator = iter(loader)
+    next(iterator)
+    start, images = time.perf_counter(), 0
+    for _ in range(batches):
+        images += len(next(iterator)[0])
+    return images / (time.perf_counter() - start)
+
+
+def bench_segmentation_loading(workdir: Path, pairs: int = 96, batch: int = 8) -> dict:
+    root = write_segmentation_folder(workdir / "seg", pairs)
+    decode = _decode_rate(sorted((root / "images").iterdir()))
+    result: dict = {"pairs": pairs, "size": 512, "batch": batch, "decode_img_s": decode}
+    for workers in (0, 2):
+        data = FolderDataModule(
+            root,
+            ["background", "ellipse", "rectangle", "triangle"],
+            4,
+            split_ratios=[1.0, 0.01, 0.0],
+            batch_size=batch,
+            num_workers=workers,
+        )
+        data.setup("fit")
+        rates = [_loader_rate(data.train_dataloader(), (pairs // batch) - 2) for _ in range(2)]
+        result[f"workers{workers}_img_s"] = max(rates)
+    print(
+        f"load  folder 512px PNG   decode alone {decode:7.1f} img/s   loader+augment "
+        f"workers=0 {result['workers0_img_s']:7.1f} img/s   workers=2 "
+        f"{result['workers2_img_s']:7.1f} img/s",
+        flush=True,
+    )
+    return result
+
+
+def _cnn_train_rate(batch: int, steps: int = 30) -> float:
+    """Images/s of the plain CNN's raw training step (10 classes, 32x32)."""
+    from seglab.models import SimpleCNN
+
+    torch.manual_seed(0)
+    net = SimpleCNN(num_classes=10)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    times = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        times.append(time.perf_counter())
+    timed = times[3:]
+    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+
+
+class _Clock:
+    """Lightning callback recording the time at the end of every training batch."""
+
+    def __init__(self) -> None:
+        import lightning as L
+
+        class Callback(L.Callback):
+            def on_train_batch_end(inner, *args) -> None:  # noqa: N805
+                self.times.append(time.perf_counter())
+
+        self.times: list[float] = []
+        self.callback = Callback()
+
+
+def _fit_rate(datamodule, batch: int, steps: int) -> float:
+    """Images/s of the plain CNN trained by Lightning on `datamodule`'s loader (the
+    model waits whenever loading is slower), first 5 steps excluded."""
+    import lightning as L
+
+    from seglab.losses import CrossEntropyLoss
+    from seglab.models import SimpleCNN
+    from seglab.modules import ClassificationModule
+
+    torch.manual_seed(0)
+    module = ClassificationModule(
+        SimpleCNN(num_classes=datamodule.num_classes),
+        CrossEntropyLoss(),
+        partial(torch.optim.Adam, lr=1e-3),
+        class_names=datamodule.class_names,
+        ignore_index=-100,
+    )
+    clock = _Clock()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock.callback],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    timed = clock.times[5:]
+    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+
+
+def bench_classification_loading(workdir: Path, images: int = 50_000, batch: int = 64) -> dict:
+    start = time.perf_counter()
+    root = write_image_folder(workdir / "cls", images)
+    written = time.perf_counter() - start
+    paths = sorted((root / "train" / "class0").iterdir())[:2000]
+    decode = _decode_rate(paths)
+    result: dict = {"images": images, "batch": batch, "decode_img_s": decode}
+    measured_batches = 120
+    for workers in (0, 2):
+        data = ImageFolderDataModule(root, batch_size=batch, num_workers=workers)
+        data.setup("fit")
+        rates = [_loader_rate(data.train_dataloader(), measured_batches) for _ in range(2)]
+        result[f"workers{workers}_img_s"] = max(rates)
+        result[f"fit_workers{workers}_img_s"] = _fit_rate(data, batch, measured_batches)
+    result["cnn_train_img_s"] = statistics.median(_cnn_train_rate(batch) for _ in range(3))
+    print(
+        f"load  {images} 32px JPEG (written in {written:.0f} s)   decode alone {decode:7.0f} "
+        f"img/s   loader+augment workers=0 {result['workers0_img_s']:7.0f} img/s   "
+        f"workers=2 {result['workers2_img_s']:7.0f} img/s\n"
+        f"      plain CNN on in-memory batches {result['cnn_train_img_s']:7.0f} img/s   "
+        f"trained from this folder: workers=0 {result['fit_workers0_img_s']:7.0f} img/s   "
+        f"workers=2 {result['fit_workers2_img_s']:7.0f} img/s",
+        flush=True,
+    )
+    return result
+
+
+def bench_loading() -> dict:
+    with tempfile.TemporaryDirectory(prefix="seglab-bench-") as tmp:
+        return {
+            "folder_512px_png": bench_segmentation_loading(Path(tmp)),
+            "image_folder_32px_jpeg": bench_classification_loading(Path(tmp)),
+        }
