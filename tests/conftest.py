@@ -26,6 +26,22 @@ TINY = [
 ]
 
 
+# One batch of train, val and test on the CPU, no logger: "does this config train?".
+FAST_DEV_RUN = [
+    "trainer.fast_dev_run=true",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.enable_model_summary=false",
+    "logger=none",
+]
+
+
+@pytest.fixture
+def fast_run() -> list[str]:
+    """Overrides for a one-batch CPU run without logger (`FAST_DEV_RUN`)."""
+    return list(FAST_DEV_RUN)
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     """Overrides that shrink a run to seconds (for command-line runs)."""

@@ -260,16 +260,12 @@ def test_experiment_is_the_keras_tutorial_recipe(make_cfg):
     assert cfg.optimized_metric == "val/acc"
 
 
-def test_experiment_trains_one_batch(make_cfg, root):
+def test_experiment_trains_one_batch(make_cfg, root, fast_run):
     cfg = make_cfg(
         "experiment=cifar10_cnn",
         f"data.root={root}",
         "data.val_size=10",
-        "trainer.fast_dev_run=true",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_model_summary=false",
-        "logger=none",
+        *fast_run,
         tiny=False,
     )
     metrics = train(cfg)

@@ -111,7 +111,7 @@ def test_two_cities_shapes_and_palette(tmp_path):
     assert dm.palette[18] == (119, 11, 32)  # bicycle
 
 
-def test_train_end_to_end(make_cfg, tmp_path):
+def test_train_end_to_end(make_cfg, tmp_path, fast_run):
     root = write_cityscapes(tmp_path / "data")
     cfg = make_cfg(
         "data=cityscapes",
@@ -119,11 +119,7 @@ def test_train_end_to_end(make_cfg, tmp_path):
         "data.crop_size=64",
         "data.batch_size=2",
         "model=unet",
-        "trainer.fast_dev_run=true",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_model_summary=false",
-        "logger=none",
+        *fast_run,
         tiny=False,
         output_dir=tmp_path / "run",
     )

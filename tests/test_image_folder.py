@@ -69,7 +69,7 @@ def test_config_keys_are_the_constructor_arguments():
     assert keys == set(inspect.signature(ImageFolderDataModule).parameters)
 
 
-def test_experiment_puts_the_folder_classes_into_the_config(make_cfg, tmp_path):
+def test_experiment_puts_the_folder_classes_into_the_config(make_cfg, tmp_path, fast_run):
     """experiment=folder_cnn with class_names/num_classes null: the datamodule lists the
     folders, train() writes them into cfg.data before the CNN head is built, and one
     batch trains and tests."""
@@ -78,11 +78,7 @@ def test_experiment_puts_the_folder_classes_into_the_config(make_cfg, tmp_path):
         "experiment=folder_cnn",
         f"data.root={tmp_path / 'data'}",
         "data.batch_size=4",
-        "trainer.fast_dev_run=true",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_model_summary=false",
-        "logger=none",
+        *fast_run,
         tiny=False,
     )
     assert cfg.data.class_names is None and cfg.data.num_classes is None

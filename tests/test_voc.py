@@ -114,7 +114,7 @@ def test_another_ignore_index_renumbers_the_void(tmp_path):
     assert 255 not in labels.unique().tolist()
 
 
-def test_train_end_to_end(make_cfg, tmp_path):
+def test_train_end_to_end(make_cfg, tmp_path, fast_run):
     root = write_voc(tmp_path / "data")
     cfg = make_cfg(
         "data=voc",
@@ -122,11 +122,7 @@ def test_train_end_to_end(make_cfg, tmp_path):
         "data.crop_size=64",
         "data.batch_size=2",
         "model=unet",
-        "trainer.fast_dev_run=true",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_model_summary=false",
-        "logger=none",
+        *fast_run,
         tiny=False,
         output_dir=tmp_path / "run",
     )
