@@ -171,3 +171,27 @@ def test_cli_names_every_planted_problem_of_a_folder_dataset_and_exits_one(tmp_p
     assert report["splits"]["train"]["pixels"] == {"bg": 80, "thing": 80}
     assert report["splits"]["train"]["readable"] == 2
     assert "5 problem(s):" in run.stdout
+
+
+def test_image_folder_scan_counts_images_per_class_and_names_bad_files(tmp_path):
+    from PIL import Image
+
+    from seglab.data.image_folder import ImageFolderDataModule
+
+    root = tmp_path / "photos"
+    for split, counts in (("train", {"ant": 3, "bee": 1}), ("val", {"ant": 1, "bee": 1})):
+        for name, count in counts.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (12, 10), (200, 0, 0)).save(root / split / name / f"{i}.png")
+    (root / "train" / "bee" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "train" / "ant" / "notes.txt").write_text("not an image")
+
+    result = scan(ImageFolderDataModule(root, image_size=8))
+    assert result["splits"]["train"]["images"] == {"ant": 3, "bee": 1}
+    assert result["splits"]["val"]["images"] == {"ant": 1, "bee": 1}
+    assert result["imbalance"] == pytest.approx(3.0)
+    assert result["mean"] == pytest.approx([200.0, 0.0, 0.0], abs=0.5)
+    problems = "\n".join(result["problems"])
+    assert len(result["problems"]) == 2, problems
+    assert "notes.txt" in problems and "cut.jpg" in problems

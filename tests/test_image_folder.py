@@ -305,3 +305,64 @@ def test_check_splits_names_every_problem(tmp_path):
     # Training stops at the first real problem; notes.txt and unsorted.jpg are only skipped.
     with pytest.raises(SeglabError, match=r"class folders of .*/val differ from those of"):
         dm.setup("fit")
+
+
+def test_trained_folder_classifier_evaluates_and_predicts_with_folder_class_names(
+    make_cfg, tmp_path
+):
+    """train -> evaluate -> predict on an image-folder classifier: the checkpoint carries
+    the folder names (the data may be gone: predict needs only the checkpoint), evaluate
+    writes a confusion matrix over them, predict one CSV row per image."""
+    import csv
+    import json
+    import shutil
+
+    from seglab.config import compose
+    from seglab.evaluate import evaluate
+    from seglab.predict import predict
+
+    root = tmp_path / "data"
+    write_tree(root, {"train": 6, "test": 2})
+    cfg = make_cfg(
+        "experiment=folder_cnn",
+        f"data.root={root}",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "logger=none",
+        tiny=False,
+        output_dir=tmp_path / "run",
+    )
+    train(cfg)
+    ckpt = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_model_path"]
+
+    result = evaluate(
+        compose(
+            [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"],
+            output_dir=tmp_path / "eval",
+            config_name="eval",
+        )
+    )
+    assert [row["class"] for row in result["per_class"]] == SORTED
+    assert [row["images"] for row in result["per_class"]] == [2, 2, 2]  # test/ per class
+    with open(tmp_path / "eval" / "confusion_matrix.csv") as f:
+        assert next(csv.reader(f))[1:] == SORTED
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in (root / "test" / "bee").iterdir():
+        shutil.copy(path, photos / path.name)
+    shutil.rmtree(root)  # predicting needs the checkpoint only
+    predict(
+        compose(
+            [f"ckpt_path={ckpt}", f"input={photos}", f"output={tmp_path / 'out'}"],
+            config_name="predict",
+        )
+    )
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(row["file"]).name for row in rows) == sorted(
+        p.name for p in photos.iterdir()
+    )
+    assert all(row["class"] in SORTED for row in rows)
