@@ -101,12 +101,16 @@ def _trainer_on(device: str, devices: int):
 def test_loader_workers_default_to_none_on_cpu_and_share_cores_between_gpus(monkeypatch):
     from seglab.data.base import loader_workers
 
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert loader_workers(_trainer_on("cpu", 1), None) == 0
     assert loader_workers(_trainer_on("cuda", 1), None) == 8  # capped
     assert loader_workers(_trainer_on("cuda", 4), None) == 3  # 16 cores / 4 processes - 1
     assert loader_workers(_trainer_on("cuda", 16), None) == 0
     assert loader_workers(_trainer_on("cpu", 1), 3) == 3  # a given count is kept
+    # Bound to 4 of the 16 cores (SLURM --cpus-per-task=4): those are this process's share.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert loader_workers(_trainer_on("cuda", 4), None) == 3
 
 
 def test_the_loader_uses_the_resolved_worker_count(make_cfg):

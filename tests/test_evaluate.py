@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -208,8 +209,16 @@ def test_classifier_evaluation_writes_per_class_accuracy_and_confusion(tmp_path)
     )
     with open(out / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
+    # Rows are the true classes: their sums are the test images per class.
+    data = instantiate(compose(["experiment=shapes_cnn", "data.num_test=24"]).data)
+    data.setup("test")
+    truth = [int(label) for label in data.test_set.labels]
+    assert [sum(row) for row in counts] == [truth.count(c) for c in range(3)]
     for i, row in enumerate(rows):
         assert int(row["images"]) == sum(counts[i])
+        predicted = sum(line[i] for line in counts)
+        if predicted:
+            assert float(row["Precision"]) == pytest.approx(counts[i][i] / predicted)
         if sum(counts[i]):
             assert float(row["Acc"]) == pytest.approx(counts[i][i] / sum(counts[i]))
             assert result["metrics"][f"test/Acc/{row['class']}"] == pytest.approx(

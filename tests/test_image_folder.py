@@ -176,7 +176,20 @@ def test_explicit_val_and_test_folders_are_used_as_they_are(tmp_path):
 def test_config_that_contradicts_the_folders(tmp_path, kwargs, message):
     write_tree(tmp_path, {"train": 1})
     with pytest.raises(SeglabError, match=message):
-        ImageFolderDataModule(tmp_path, **kwargs)
+        datamodule(tmp_path, **kwargs)  # given names are checked by setup()
+
+
+def test_stored_class_names_build_where_the_folders_changed(tmp_path):
+    """predict/export rebuild a checkpoint's datamodule without reading data: a class
+    folder added since training must not stop them (only setup() compares)."""
+    write_tree(tmp_path, {"train": 1})
+    write_images(tmp_path / "train" / "cow", "ant", 1)  # a class added after training
+    dm = ImageFolderDataModule(tmp_path, class_names=SORTED)
+    assert dm.class_names == SORTED and dm.num_classes == 3
+    with pytest.raises(
+        SeglabError, match=r"class folders .*train are \['ant', 'bee', 'cat', 'cow'\]"
+    ):
+        dm.setup("fit")
 
 
 def test_missing_root_or_train_folder(tmp_path):
@@ -245,7 +258,8 @@ def test_skip_corrupt_drops_the_file_from_its_batch(tmp_path, caplog):
     write_tree(tmp_path, {"train": 3, "val": 1})
     bad = tmp_path / "train" / "ant" / "bad.png"
     bad.write_bytes(b"not a png" * 10)
-    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=10)
+    # In-process loading: a worker's warning would not reach caplog.
+    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=10, num_workers=0)
     assert len(dm.train_set) == 10
     with caplog.at_level(logging.WARNING, logger="seglab.data.image_folder"):
         images, labels, skipped = next(iter(dm.train_dataloader()))
@@ -366,3 +380,25 @@ def test_trained_folder_classifier_evaluates_and_predicts_with_folder_class_name
         p.name for p in photos.iterdir()
     )
     assert all(row["class"] in SORTED for row in rows)
+
+
+def test_a_run_with_skip_corrupt_logs_the_skipped_files(make_cfg, tmp_path, fast_run):
+    """The module sums the collate's counts per epoch and stage: one unreadable training
+    image and one unreadable test image, each counted once."""
+    write_tree(tmp_path / "data", {"train": 4, "val": 1, "test": 1})
+    (tmp_path / "data" / "train" / "bee" / "bad.png").write_bytes(b"broken" * 10)
+    (tmp_path / "data" / "test" / "cat" / "bad.jpg").write_bytes(b"broken" * 10)
+    cfg = make_cfg(
+        "experiment=folder_cnn",
+        f"data.root={tmp_path / 'data'}",
+        "data.skip_corrupt=true",
+        "data.num_workers=0",
+        "data.batch_size=13",  # every image of a split in one batch
+        *fast_run,
+        tiny=False,
+        output_dir=tmp_path / "run",
+    )
+    metrics = train(cfg)
+    assert metrics["train/skipped_files"] == 1.0
+    assert metrics["val/skipped_files"] == 0.0
+    assert metrics["test/skipped_files"] == 1.0

@@ -17,6 +17,7 @@ outputs/check_data/runs/<time>/report.json. Exit status 1 when a problem was fou
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -146,6 +147,7 @@ def scan(
     """
     datasets, problems = datamodule.check_splits()
     problems = list(problems)
+    discovered = bool(problems)  # an empty split then has its reason listed already
     warnings: list[str] = []
     reports: dict[str, SplitReport] = {}
     for split, dataset in datasets.items():
@@ -161,8 +163,11 @@ def scan(
                 report.add(summary)
             if "error" in summary:
                 problems.append(summary["error"])
-        if report.samples == 0:
-            problems.append(f"the {split} split has no samples")
+        if report.samples == 0 and not discovered:
+            problems.append(
+                f"the {split} split of {type(datamodule).__name__} has no samples; check "
+                "the data config"
+            )
 
     names = datamodule.class_names
     unit = "pixels" if datamodule.task == "segmentation" else "images"
@@ -202,6 +207,8 @@ def scan(
         stats = train.mean_std()
         if stats is not None:
             result["mean"], result["std"] = stats
+            # Only datamodules that take them get the statistics as overrides to paste.
+            result["stats_are_config"] = "mean" in inspect.signature(type(datamodule)).parameters
     return result
 
 
@@ -244,7 +251,10 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("mean"):
         mean = ",".join(f"{v:g}" for v in result["mean"])
         std = ",".join(f"{v:g}" for v in result["std"])
-        lines.append(f"train image mean/std (0-255): data.mean=[{mean}] data.std=[{std}]")
+        if result.get("stats_are_config"):
+            lines.append(f"train image mean/std (0-255): data.mean=[{mean}] data.std=[{std}]")
+        else:
+            lines.append(f"train image mean/std (0-255): [{mean}] / [{std}]")
     for warning in result["warnings"]:
         lines.append(f"warning: {warning}")
     problems = result["problems"]
@@ -259,6 +269,7 @@ def format_report(result: dict[str, Any]) -> str:
 def check_data(cfg: DictConfig) -> dict[str, Any]:
     """Scan `cfg.data`, print the report, write report.json; returns the report."""
     datamodule: SeglabDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()  # downloads, where the config asks for it (data.download)
     result = scan(datamodule, num_workers=cfg.num_workers, limit=cfg.get("limit"))
     print(format_report(result))
     output_dir = Path(cfg.paths.output_dir)

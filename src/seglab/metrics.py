@@ -64,6 +64,8 @@ class ClassificationMetrics(SegmentationMetrics):
         self.add_state("samples", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        if preds.dim() == 1 and self.top_k is not None:
+            raise ValueError(f"top-{self.top_k} accuracy needs logits (N, C), not class indices")
         if preds.dim() == 2:
             if self.top_k is not None:
                 top = preds.topk(self.top_k, dim=1).indices

@@ -196,7 +196,9 @@ def loader_workers(trainer: L.Trainer | None, num_workers: int | None) -> int:
     the model runs on the CPU (its intra-op threads already use every core: on 2 cores
     `make bench` measured the plain CNN trained from JPEG folders at 880-990 img/s with
     in-process loading against 720-900 with 2 workers), else min(8, cores per
-    process - 1), leaving one core per process for the training loop itself."""
+    process - 1), leaving one core per process for the training loop itself. The cores
+    per process are the ones the process is bound to when that is fewer than the
+    machine's (SLURM --cpus-per-task), else the machine's divided by the devices."""
     if num_workers is not None:
         return num_workers
     if trainer is not None:
@@ -205,8 +207,12 @@ def loader_workers(trainer: L.Trainer | None, num_workers: int | None) -> int:
         device, processes = ("cuda" if torch.cuda.is_available() else "cpu"), 1
     if device == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(8, (cores or 1) // max(1, processes) - 1))
+    machine = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
+    # A process bound to a subset of the cores (SLURM's --cpus-per-task) already has its
+    # share; otherwise the processes on this node share all of them.
+    share = usable if usable < machine else machine // max(1, processes)
+    return max(0, min(8, share - 1))
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

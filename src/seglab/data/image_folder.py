@@ -68,11 +68,18 @@ def class_folders(split_dir: Path) -> list[str]:
 
 
 def _classes(
-    root: Path, class_names: Sequence[str] | None, num_classes: int | None
+    root: Path, class_names: Sequence[str] | None, num_classes: int | None, check: bool = True
 ) -> tuple[list[str], int]:
-    """(class names, count) from the folders of root/train/, checked against the config;
-    the config's names as they are when there is no root/train/ but names are given."""
+    """(class names, count) from the folders of root/train/, checked against the config.
+
+    Given names are taken as they are without reading any folder (`check=False`): a
+    trained model's stored config must rebuild for predict/export wherever it runs, even
+    where root/train/ has changed since; `setup()` checks them against the folders.
+    """
     train_dir = root / "train"
+    if class_names is not None and not check:
+        names = list(class_names)
+        return names, len(names) if num_classes is None else int(num_classes)
     if not train_dir.is_dir():
         if class_names is None:
             if not root.is_dir():
@@ -369,7 +376,7 @@ class ImageFolderDataModule(SeglabDataModule):
         persistent_workers: bool = True,
     ) -> None:
         self.root = Path(root).expanduser()
-        class_names, num_classes = _classes(self.root, class_names, num_classes)
+        class_names, num_classes = _classes(self.root, class_names, num_classes, check=False)
         super().__init__(
             class_names,
             num_classes,
@@ -406,6 +413,7 @@ class ImageFolderDataModule(SeglabDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        _classes(self.root, self.class_names, self.num_classes)  # names given in the config
         splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed)
         skip = self.skip_corrupt
         self.train_set = ImageFolderClassification(
