@@ -215,3 +215,39 @@ def test_submitit_local_sweep(tmp_path):
     trials = _trial_metrics(sweep_dir)
     assert sorted(trials) == ["0", "1"]
     assert all(0.0 <= v <= 1.0 for v in trials.values())
+
+
+@pytest.mark.slow
+def test_ddp_classifier_metrics_match_single_process_evaluation(tmp_path):
+    """Top-1, top-5 and per-class accuracy summed over 2 gloo processes equal one
+    process's, on an odd number of test images (no sample counted twice)."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for split, count in (("train", 6), ("test", 3)):
+        for k in range(7):  # more than 5 classes: top-5 is logged
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True)
+            for i in range(count):  # 21 test images: 11 + 10 over two processes
+                colour = (30 * k, 255 - 30 * k, (40 * i) % 255)
+                Image.new("RGB", (16, 16), colour).save(folder / f"{i}.png")
+    run_dir = tmp_path / "ddp"
+    _cli(
+        "experiment=folder_cnn",
+        f"data.root={root}",
+        "data.batch_size=4",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    record = json.loads((run_dir / "metrics.json").read_text())
+    cfg = compose(
+        [f"ckpt_path={record['best_model_path']}", "trainer.accelerator=cpu"],
+        output_dir=tmp_path / "eval",
+        config_name="eval",
+    )
+    single = evaluate(cfg)["metrics"]
+    for name in ("test/acc", "test/acc_top5", "test/mAcc", "test/Acc/class3"):
+        assert record["metrics"][name] == pytest.approx(single[name], abs=1e-7), name
