@@ -35,12 +35,14 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from seglab.checkpoint import load_module, stored_config
 from seglab.config import CONFIG_DIR
 from seglab.data.base import SeglabDataModule
+from seglab.data.io import UnreadableImage, read_rgb
 from seglab.errors import SeglabError, exit_message
 from seglab.inference import class_indices
 
@@ -77,12 +79,12 @@ def find_images(pattern: str) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """Decodes image files with PIL, one per item, never raising on a bad file.
+    """Decodes image files, one per item, never raising on a bad file.
 
     Args:
         paths: the image files.
-        size: (height, width) to resize every image to (bilinear), or None to keep each
-            image's own size.
+        size: (height, width) to resize every image to (bilinear, antialiased, as in
+            training), or None to keep each image's own size.
 
     Returns per item `(path, image)` with image uint8 (H, W, 3) RGB, or `(path, reason)`
     with the reason the file could not be decoded, so one bad file never ends a run.
@@ -98,16 +100,13 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> Item:
         path = self.paths[index]
         try:
-            with Image.open(path) as image:
-                # convert() decodes every pixel, so truncated files fail here, not later.
-                rgb = image.convert("RGB")
-            if self.size is not None:
-                height, width = self.size
-                rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-            # np.array copies: a writable array, which torch.from_numpy needs.
-            return str(path), np.array(rgb)
-        except Exception as err:  # PIL raises many types on bad data; any of them skips the file
-            return str(path), f"{type(err).__name__}: {err}"
+            image = read_rgb(path)
+        except UnreadableImage as err:
+            return str(path), str(err)
+        if self.size is not None:
+            # The resize classifiers were trained with (`classification_transform`).
+            image = TF.resize(image, list(self.size), antialias=True)
+        return str(path), image.permute(1, 2, 0).contiguous().numpy()
 
 
 def _as_is(item: Item) -> Item:
