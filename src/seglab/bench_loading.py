@@ -125,25 +125,13 @@ def _cnn_train_rate(batch: int, steps: int = 30) -> float:
     return batch * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-class _Clock:
-    """Lightning callback recording the time at the end of every training batch."""
-
-    def __init__(self) -> None:
-        import lightning as L
-
-        class Callback(L.Callback):
-            def on_train_batch_end(inner, *args) -> None:  # noqa: N805
-                self.times.append(time.perf_counter())
-
-        self.times: list[float] = []
-        self.callback = Callback()
-
-
 def _fit_rate(datamodule, batch: int, steps: int) -> float:
     """Images/s of the plain CNN trained by Lightning on `datamodule`'s loader (the
-    model waits whenever loading is slower), first 5 steps excluded."""
+    model waits whenever loading is slower), warm-up steps excluded."""
     import lightning as L
 
+    # bench.py imports this module: its clock is imported here, not at the top.
+    from seglab.bench import _images_per_second, _StepClock
     from seglab.losses import CrossEntropyLoss
     from seglab.models import SimpleCNN
     from seglab.modules import ClassificationModule
@@ -156,7 +144,7 @@ def _fit_rate(datamodule, batch: int, steps: int) -> float:
         class_names=datamodule.class_names,
         ignore_index=-100,
     )
-    clock = _Clock()
+    clock = _StepClock()
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -166,11 +154,10 @@ def _fit_rate(datamodule, batch: int, steps: int) -> float:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[clock.callback],
+        callbacks=[clock],
     )
     trainer.fit(module, datamodule=datamodule)
-    timed = clock.times[5:]
-    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+    return _images_per_second(clock.times, batch)
 
 
 def bench_classification_loading(workdir: Path, images: int = 50_000, batch: int = 64) -> dict:
