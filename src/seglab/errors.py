@@ -19,3 +19,8 @@ def exit_message(err: SeglabError) -> str:
     if text.startswith(f"Caught {SeglabError.__name__}") and marker in text:
         text = text.rsplit(marker, 1)[1].strip() + " (raised in a DataLoader worker)"
     return f"seglab: error: {text}"
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s message with its white space (newlines too) folded into single spaces."""
+    return " ".join(str(err).split())

@@ -49,6 +49,7 @@ from torch import nn
 
 from seglab.config import CONFIG_DIR
 from seglab.errors import SeglabError, exit_message
+from seglab.sizes import size_pair
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ _SIZE_STEP = 32
 _MAX_INLINE_BYTES = 1 << 30
 
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """An int or [height, width] (a plain list or an OmegaConf ListConfig) -> (H, W)."""
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
 
 
 def default_output(ckpt_path: str | Path, fmt: str) -> Path:
@@ -341,7 +334,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     net = module.net.to(device="cpu", dtype=torch.float32).eval()
 
     check_size = cfg.get("check_size")
-    size = _pair(check_size if check_size is not None else metadata["input_size"])
+    size = size_pair(check_size if check_size is not None else metadata["input_size"])
     shapes = check_shapes(task, size)
     example = torch.randn(shapes[0], generator=torch.Generator().manual_seed(1))
     try:

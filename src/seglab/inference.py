@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from seglab.sizes import size_pair
+
 Net = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -28,12 +30,7 @@ def class_indices(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    height, width = value
-    return (int(height), int(width))
+    return None if value is None else size_pair(value)
 
 
 def _pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -42,13 +42,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seglab.checkpoint import load_module, stored_config
 from seglab.config import CONFIG_DIR
 from seglab.data.base import SeglabDataModule
-from seglab.data.io import UnreadableImage, read_rgb
+from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.errors import SeglabError, exit_message
 from seglab.inference import class_indices
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Failed files named in the one-line summaries; all of them are logged one by one anyway.
 _MAX_NAMED = 10
 
@@ -68,12 +67,12 @@ def find_images(pattern: str) -> list[Path]:
     else:
         # recursive=True lets "**" cross folders, as in the shell's globstar.
         candidates = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
-    images = sorted(p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         kind = "folder" if path.is_dir() else "path or glob pattern"
         raise SeglabError(
             f"input={pattern} ({kind}) matches no images; looked for files ending in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (case-insensitive)"
+            f"{', '.join(IMAGE_SUFFIXES)} (case-insensitive)"
         )
     return images
 

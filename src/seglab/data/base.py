@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglab.errors import SeglabError
+from seglab.sizes import size_pair
 
 Task = Literal["segmentation", "classification"]
 SPLITS = ("train", "val", "test")
@@ -67,7 +68,7 @@ class SeglabDataModule(L.LightningDataModule):
         self.class_names = class_names
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.input_size = _pair(input_size)
+        self.input_size = size_pair(input_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
         # None: pin when a GPU is there to copy to (pinning without one only costs).
@@ -213,13 +214,6 @@ def loader_workers(trainer: L.Trainer | None, num_workers: int | None) -> int:
     # share; otherwise the processes on this node share all of them.
     share = usable if usable < machine else machine // max(1, processes)
     return max(0, min(8, share - 1))
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
 
 
 def to_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -3,7 +3,7 @@
     python -m seglab.train data=folder data.root=/data/roads \\
         data.class_names=[background,road,car] data.num_classes=3 data.crop_size=512
 
-Layout: `root/images/<name>.{png,jpg,jpeg,tif,tiff,bmp}` and `root/masks/<name>.png`,
+Layout: `root/images/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp}` and `root/masks/<name>.png`,
 paired by file name stem. The splits come from, in this order of preference:
 
     root/images/{train,val,test}/ and root/masks/{train,val,test}/   sub-folders
@@ -39,17 +39,16 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from seglab.data.base import Problems, SeglabDataModule
-from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
+from seglab.data.io import IMAGE_SUFFIXES, PIL_ERRORS, UnreadableImage, read_rgb
 from seglab.data.transforms import Transform, eval_transform, pad_to, train_transform
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIX = ".png"
 SPLITS = ("train", "val", "test")
 LAYOUT = (
-    "expected ROOT/images/<name>.{png,jpg,jpeg,tif,tiff,bmp} and ROOT/masks/<name>.png "
+    "expected ROOT/images/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp} and ROOT/masks/<name>.png "
     "(optionally in train/ val/ test/ sub-folders of both)"
 )
 # Index masks of these PIL modes hold the labels as pixel values ("1": 0/1 binary masks).
@@ -258,13 +257,9 @@ def find_splits(
     return splits
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
 def _unreadable(kind: str, path: Path, split: str, err: BaseException) -> str:
     return (
-        f"cannot read {kind} {path} ({split} split): {_one_line(err)}; replace the file "
+        f"cannot read {kind} {path} ({split} split): {one_line(err)}; replace the file "
         "or remove it together with its image/mask"
     )
 

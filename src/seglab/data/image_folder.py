@@ -34,10 +34,9 @@ from torchvision.datasets.folder import find_classes, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from seglab.data.base import Problems, SeglabDataModule
-from seglab.data.folder import IMAGE_SUFFIXES
-from seglab.data.io import UnreadableImage, read_rgb
+from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.data.transforms import ImageTransform, classification_transform
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,6 @@ Sample = tuple[str, int]  # (image path, label)
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -279,11 +274,11 @@ class ImageFolderClassification(Dataset):
         except UnreadableImage as err:
             if self.skip_corrupt:
                 log.warning(
-                    "skipped unreadable image %s (%s split): %s", path, self.split, _one_line(err)
+                    "skipped unreadable image %s (%s split): %s", path, self.split, one_line(err)
                 )
                 return None
             raise SeglabError(
-                f"cannot read image {path} ({self.split} split): {_one_line(err)}; replace or "
+                f"cannot read image {path} ({self.split} split): {one_line(err)}; replace or "
                 "remove the file, or set data.skip_corrupt=true to skip unreadable images"
             ) from err
         return self.transform(image), label

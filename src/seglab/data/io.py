@@ -13,6 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seglab.errors import one_line
+
+# The image files seglab reads (compared lower-case): training data and predict inputs alike.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
 # PIL's ways of failing on a file that is not a (whole) image.
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -34,5 +39,5 @@ def read_rgb(path: str | Path) -> torch.Tensor:
             rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
             pixels = np.array(rgb)  # (H, W, 3), a writable copy
     except PIL_ERRORS as err:
-        raise UnreadableImage(" ".join(str(err).split())) from err
+        raise UnreadableImage(one_line(err)) from err
     return torch.from_numpy(pixels).permute(2, 0, 1)
