@@ -39,7 +39,9 @@ class _InMemory(SeglabDataModule):
     task = "segmentation"
 
     def __init__(self, train: Dataset, val: Dataset) -> None:
-        super().__init__(["bg", "road", "car"], 3, 255, 4)
+        super().__init__(
+            class_names=["bg", "road", "car"], num_classes=3, ignore_index=255, input_size=4
+        )
         self.train_set, self.val_set, self.test_set = train, val, val
 
 

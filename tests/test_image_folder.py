@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from pathlib import Path
@@ -10,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from seglab.config import CONFIG_DIR
 from seglab.data.base import to_input
 from seglab.data.image_folder import ImageFolderDataModule, find_splits
 from seglab.errors import SeglabError
@@ -62,11 +59,6 @@ def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
 
 def paths(dataset) -> list[str]:
     return [path for path, _ in dataset.samples]
-
-
-def test_config_keys_are_the_constructor_arguments():
-    keys = set(OmegaConf.load(CONFIG_DIR / "data" / "image_folder.yaml")) - {"_target_"}
-    assert keys == set(inspect.signature(ImageFolderDataModule).parameters)
 
 
 def test_experiment_puts_the_folder_classes_into_the_config(make_cfg, tmp_path, fast_run):

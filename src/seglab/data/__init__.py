@@ -5,8 +5,9 @@ segmentation or `(image, label)` for classification, and exposes `task`, `num_cl
 from seglab.data.base import SeglabDataModule
 from seglab.data.cifar10 import CIFAR10DataModule
 from seglab.data.cityscapes import CityscapesDataModule
-from seglab.data.folder import FolderDataModule, ImageMaskDataModule
+from seglab.data.folder import FolderDataModule
 from seglab.data.image_folder import ImageFolderDataModule
+from seglab.data.image_mask import ImageMaskDataModule
 from seglab.data.shapes import ShapesClassificationDataModule, ShapesDataModule
 from seglab.data.voc import VOCDataModule
 

@@ -1,4 +1,5 @@
-"""What every seglab datamodule shares: class metadata, validated once, and loaders."""
+"""What every seglab datamodule shares: class metadata, validated once, the `Problems`
+that listing its files reports to, and loaders."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SPLITS = ("train", "val", "test")
 
 class SeglabDataModule(L.LightningDataModule):
     """Base datamodule: subclasses set `task` and build `train_set`/`val_set`/`test_set`
-    in `setup()`.
+    in `setup()`. Its arguments are keyword-only: a subclass's own arguments (its YAML
+    keys) differ in order and number, so a positional call would pass them by accident.
 
     Args:
         class_names: one name per class, in label order.
@@ -42,6 +44,7 @@ class SeglabDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         class_names: Sequence[str],
         num_classes: int,
         ignore_index: int,
@@ -190,6 +193,29 @@ class Problems:
             log.debug(message)
         else:
             self.messages.append(message)
+
+
+def examples(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` names, comma-separated, then "..." if there are more: the
+    examples in a `Problems.add_each` summary."""
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ..." if len(names) > limit else shown
+
+
+def check_class_names(class_names: Sequence[str], expected: Sequence[str], dataset: str) -> None:
+    """A dataset with fixed classes: the config's `class_names` must be exactly those
+    (the model head and every metric name follow them)."""
+    given, expected = list(class_names), list(expected)
+    if given != expected:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(given, expected, strict=False)) if a != b),
+            min(len(given), len(expected)),
+        )
+        raise SeglabError(
+            f"data.class_names={given} differ from the {dataset} classes {expected} "
+            f"(its masks hold these, in this order; first difference at index {first}); "
+            "keep the config's class_names and num_classes as they are"
+        )
 
 
 def loader_workers(trainer: L.Trainer | None, num_workers: int | None) -> int:

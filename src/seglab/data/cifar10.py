@@ -19,8 +19,8 @@ a subset, or the small fake batches the tests write. torchvision is used only to
 builds numpy arrays and nothing else, so a tampered file cannot run code.
 
 `val_size` training images are held out for validation, the same number of each class
-(up to rounding) chosen by a permutation seeded with `split_seed`; `val_size: 0`
-validates on the test batch, as the Keras CIFAR-10 tutorial does.
+(up to rounding), drawn by `seglab.data.splits.stratified_split` with `split_seed`;
+`val_size: 0` validates on the test batch, as the Keras CIFAR-10 tutorial does.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from seglab.data.base import SPLITS, SeglabDataModule
+from seglab.data.splits import stratified_split
 from seglab.data.transforms import ImageTransform, classification_transform
 from seglab.errors import SeglabError
 
@@ -149,24 +150,6 @@ def read_label_names(path: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def stratified_holdout(
-    labels: torch.Tensor, size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices into (kept, held out) with `size` held out, each class in proportion
-    (to within one image), chosen by a permutation seeded with `seed`. Both sorted."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    shuffled = labels.numpy()[order]
-    # Each image's position within its class in the shuffled order, as a fraction of
-    # that class's count; the `size` smallest fractions take every class alike.
-    fraction = np.empty(len(labels))
-    for label in np.unique(shuffled):
-        members = shuffled == label
-        fraction[members] = np.arange(members.sum()) / members.sum()
-    held = order[np.argsort(fraction, kind="stable")[:size]]
-    kept = np.setdiff1d(np.arange(len(labels)), held)
-    return torch.from_numpy(kept), torch.from_numpy(np.sort(held))
-
-
 class CIFAR10Split(Dataset):
     """In-memory images and labels: `(image, label int)`.
 
@@ -238,14 +221,14 @@ class CIFAR10DataModule(SeglabDataModule):
         persistent_workers: bool = True,
     ) -> None:
         super().__init__(
-            class_names,
-            num_classes,
-            ignore_index,
-            image_size,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            input_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
         )
         if val_size < 0:
             raise SeglabError(f"data.val_size={val_size} must be >= 0 (0: validate on test)")
@@ -323,7 +306,9 @@ class CIFAR10DataModule(SeglabDataModule):
                     f"data.val_size={self.val_size} but {self.folder} holds only "
                     f"{len(labels)} training images; lower data.val_size"
                 )
-            kept, held = stratified_holdout(labels, self.val_size, self.split_seed)
+            kept, held = stratified_split(
+                labels.numpy(), self.class_names, self.split_seed, size=self.val_size
+            )
             raw["train"] = (images[kept], labels[kept])
             if self.val_size > 0:
                 raw["val"] = (images[held], labels[held])

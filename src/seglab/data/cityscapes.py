@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from seglab.data.folder import ImageMaskDataModule, Pair, Problems, check_class_names, examples
+from seglab.data.base import Problems, check_class_names, examples
+from seglab.data.image_mask import ImageMaskDataModule
+from seglab.data.pairs import Pair
 from seglab.errors import SeglabError
 
 CITYSCAPES_CLASSES = (
@@ -137,19 +139,19 @@ class CityscapesDataModule(ImageMaskDataModule):
     ) -> None:
         check_class_names(class_names, CITYSCAPES_CLASSES, "Cityscapes")
         super().__init__(
-            root,
-            class_names,
-            num_classes,
-            ignore_index,
-            crop_size,
-            scale_range,
-            hflip,
-            color_jitter,
-            size_divisor,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            root=root,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            size_divisor=size_divisor,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
             label_map=label_map(ignore_index),
             value_fix=(
                 f"Cityscapes masks hold label IDs 0-{MAX_LABEL_ID}; read *{MASK_SUFFIX} files "

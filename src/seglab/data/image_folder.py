@@ -23,7 +23,6 @@ the count as `<stage>/skipped_files`.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torchvision.transforms import v2
 
 from seglab.data.base import Problems, SeglabDataModule
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
+from seglab.data.splits import stratified_split
 from seglab.data.transforms import ImageTransform, classification_transform
 from seglab.errors import SeglabError, one_line
 
@@ -158,25 +158,6 @@ def _list_split(
     return samples
 
 
-def stratified_split(
-    samples: Sequence[Sample], class_names: Sequence[str], ratio: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """(train, val): each class of n images gives round(ratio * n) to val, at least one
-    when n >= 2 and never all of them. The shuffle of a class depends on the seed and its
-    name only, so adding a class or another class's images leaves it unchanged. Both
-    parts keep the order of `samples`."""
-    by_class: dict[int, list[Sample]] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
-    val: set[str] = set()
-    for label, items in by_class.items():
-        n = len(items)
-        n_val = min(max(round(ratio * n), 1 if n >= 2 else 0), n - 1)
-        rng = np.random.default_rng([seed, zlib.crc32(class_names[label].encode())])
-        val.update(items[i][0] for i in rng.permutation(n)[:n_val])
-    return [s for s in samples if s[0] not in val], [s for s in samples if s[0] in val]
-
-
 def find_splits(
     root: str | Path,
     class_names: Sequence[str],
@@ -223,9 +204,11 @@ def find_splits(
     if (root / "val").is_dir():
         splits["val"] = other_split("val")
     else:
-        splits["train"], splits["val"] = stratified_split(
-            splits["train"], class_names, val_ratio, split_seed
+        samples = splits["train"]
+        kept, held = stratified_split(
+            [label for _, label in samples], class_names, split_seed, ratio=val_ratio
         )
+        splits["train"], splits["val"] = [samples[i] for i in kept], [samples[i] for i in held]
         log.info("%s has no val/ folder; validating on %g of each class", root, val_ratio)
     if not splits["val"]:
         problems.add(
@@ -373,14 +356,14 @@ class ImageFolderDataModule(SeglabDataModule):
         self.root = Path(root).expanduser()
         class_names, num_classes = _classes(self.root, class_names, num_classes, check=False)
         super().__init__(
-            class_names,
-            num_classes,
-            ignore_index,
-            image_size,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            input_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
         )
         if not 0 < val_ratio < 1:
             raise SeglabError(f"data.val_ratio must be in (0, 1); got {val_ratio}")

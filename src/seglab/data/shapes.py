@@ -218,26 +218,26 @@ class ShapesDataModule(_ShapesDataModule):
         class_names: Sequence[str] = (BACKGROUND, *SHAPES),
         num_classes: int = 4,
         ignore_index: int = 255,
-        image_size: int | Sequence[int] = 96,
+        image_size: int | Sequence[int] = 64,
         max_shapes: int = 4,
-        num_train: int = 2000,
+        num_train: int = 2800,
         num_val: int = 200,
         num_test: int = 200,
         seed: int = 0,
-        batch_size: int = 16,
+        batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
     ) -> None:
         super().__init__(
-            class_names,
-            num_classes,
-            ignore_index,
-            image_size,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            input_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
         )
         if self.class_names[0] != BACKGROUND:
             raise SeglabError(
@@ -283,14 +283,14 @@ class ShapesClassificationDataModule(_ShapesDataModule):
         persistent_workers: bool = True,
     ) -> None:
         super().__init__(
-            class_names,
-            num_classes,
-            ignore_index,
-            image_size,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            input_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
         )
         self.shapes = _check_shape_names(self.class_names, "data.class_names")
         self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from torchvision.datasets import VOCSegmentation
 
-from seglab.data.folder import ImageMaskDataModule, Pair, Problems, check_class_names, examples
+from seglab.data.base import Problems, check_class_names, examples
+from seglab.data.image_mask import ImageMaskDataModule
+from seglab.data.pairs import Pair
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -104,19 +106,19 @@ class VOCDataModule(ImageMaskDataModule):
     ) -> None:
         check_class_names(class_names, VOC_CLASSES, "Pascal VOC")
         super().__init__(
-            root,
-            class_names,
-            num_classes,
-            ignore_index,
-            crop_size,
-            scale_range,
-            hflip,
-            color_jitter,
-            size_divisor,
-            batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
+            root=root,
+            class_names=class_names,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            size_divisor=size_divisor,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
             # Index masks; only a different ignore_index needs VOC's void renumbered.
             label_map={VOC_VOID: ignore_index} if ignore_index != VOC_VOID else None,
             value_fix=(
