@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from seglab.checkpoint import load_run
 from seglab.config import compose
 from seglab.errors import SeglabError
 from seglab.evaluate import evaluate
@@ -98,11 +100,63 @@ def test_sliding_window_as_large_as_the_image_equals_whole_image(trained, tmp_pa
     assert slide["metrics"]["test/mIoU"] == pytest.approx(whole["metrics"]["test/mIoU"], abs=1e-6)
 
 
-def test_evaluate_on_validation_split_with_flip_tta(trained, tmp_path):
+def _slide(net: torch.nn.Module, images: torch.Tensor, classes: int) -> torch.Tensor:
+    """Logits of 32x32 windows every 16 pixels, averaged where they overlap: written out
+    here, apart from `seglab.inference`, for images whose sides are 32 + 16 k."""
+    height, width = images.shape[-2:]
+    summed = torch.zeros(images.shape[0], classes, height, width)
+    counts = torch.zeros(height, width)
+    for top in range(0, height - 32 + 1, 16):
+        for left in range(0, width - 32 + 1, 16):
+            rows, cols = slice(top, top + 32), slice(left, left + 32)
+            summed[..., rows, cols] += net(images[..., rows, cols])
+            counts[rows, cols] += 1
+    return summed / counts
+
+
+def _confusion(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(C, C) pixel counts, rows = true class, columns = argmax of the logits."""
+    classes = logits.shape[1]
+    pairs = masks.flatten() * classes + logits.argmax(1).flatten()
+    return torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+
+
+def test_sliding_window_with_flip_scores_the_windows_averaged_by_hand(trained, tmp_path):
+    """inference=slide with windows of half the image, and flip: evaluate scores each
+    window's logits averaged where windows overlap and with the mirrored image's, as
+    computed here from the bare net. The whole image gives another confusion matrix, so
+    evaluate running the net without its `inference` fails this test."""
     run_dir, _ = trained
-    result = _evaluate(tmp_path, _best(run_dir), "split=val", "inference.flip=true")
-    assert 0.0 <= result["metrics"]["val/mIoU"] <= 1.0
+    result = _evaluate(
+        tmp_path,
+        _best(run_dir),
+        "split=val",
+        "inference=slide",
+        "inference.window=[32,32]",
+        "inference.stride=[16,16]",
+        "inference.flip=true",
+    )
     assert result["inference"]["flip"] is True
+
+    run = load_run(_best(run_dir))
+    net, classes = run.module.net, len(run.class_names)
+    run.datamodule.setup("fit")
+    slide = whole = 0
+    with torch.no_grad():
+        for images, masks in run.datamodule.val_dataloader():
+            assert images.shape[-2:] == (64, 64)
+            flipped = _slide(net, images.flip(-1), classes).flip(-1)
+            slide = slide + _confusion((_slide(net, images, classes) + flipped) / 2, masks)
+            whole = whole + _confusion(net(images), masks)
+    with open(tmp_path / "confusion_matrix.csv") as f:
+        written = [[int(v) for v in line[1:]] for line in list(csv.reader(f))[1:]]
+    assert written == slide.tolist()
+    assert slide.tolist() != whole.tolist()  # the data tells the two apart
+    tp = slide.diag().double()
+    union = slide.sum(0) + slide.sum(1) - tp
+    miou = (tp[union > 0] / union[union > 0]).mean().item()
+    assert 0.0 <= result["metrics"]["val/mIoU"] <= 1.0
+    assert result["metrics"]["val/mIoU"] == pytest.approx(miou, abs=1e-6)
 
 
 def test_evaluate_refuses_data_with_other_classes(trained, tmp_path):

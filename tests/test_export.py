@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 
-from seglab.checkpoint import load_module
+from seglab.checkpoint import load_run
 from seglab.config import compose
 from seglab.data import ShapesClassificationDataModule, ShapesDataModule
 from seglab.errors import SeglabError
@@ -77,7 +79,7 @@ def seg_onnx(seg_ckpt) -> dict:
 
 def _reference(ckpt: Path, images: np.ndarray) -> np.ndarray:
     """The checkpoint's network in PyTorch, rebuilt independently of the export."""
-    net = load_module(ckpt).net.eval()
+    net = load_run(ckpt).module.net.eval()
     with torch.no_grad():
         return net(torch.from_numpy(images)).numpy()
 
@@ -122,7 +124,7 @@ def test_onnx_segmentation_matches_pytorch_at_a_new_size(seg_ckpt, seg_onnx):
 
 def test_onnx_metadata_round_trip(seg_ckpt, seg_onnx):
     meta = _onnx_metadata(seg_onnx["path"])
-    assert json.loads(meta["class_names"]) == load_module(seg_ckpt).class_names
+    assert json.loads(meta["class_names"]) == load_run(seg_ckpt).class_names
     assert json.loads(meta["class_names"]) == ["background", "ellipse", "rectangle", "triangle"]
     assert meta["task"] == "segmentation"
     assert json.loads(meta["mean"]) == pytest.approx(ShapesDataModule.mean)
@@ -140,7 +142,7 @@ def test_torchscript_segmentation_parity_and_metadata(seg_ckpt):
     extra = {METADATA_FILE: ""}
     loaded = torch.jit.load(str(path), _extra_files=extra)
     meta = json.loads(extra[METADATA_FILE])
-    assert meta["class_names"] == load_module(seg_ckpt).class_names
+    assert meta["class_names"] == load_run(seg_ckpt).class_names
     assert meta["task"] == "segmentation"
     assert meta["mean"] == pytest.approx(ShapesDataModule.mean)
 
@@ -162,6 +164,36 @@ def test_legacy_onnx_exporter_keeps_dynamic_height_and_width(seg_ckpt, tmp_path)
     np.testing.assert_allclose(
         _run_onnx(result["path"], images), _reference(seg_ckpt, images), atol=ATOL, rtol=RTOL
     )
+
+
+def test_metadata_carries_the_runs_own_mean_and_std_with_the_data_gone(tmp_path):
+    """A classifier trained with `data.mean`/`data.std` given exports those statistics,
+    not its datamodule class's ImageNet defaults, and needs only the checkpoint."""
+    root = tmp_path / "photos"
+    for k, name in enumerate(("ant", "bee")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (60 * k + i, 90, 30)).save(
+                root / "train" / name / f"{i}.png"
+            )
+    mean, std = [10.0, 20.0, 30.0], [2.0, 3.0, 4.0]
+    cfg = [
+        "experiment=folder_cnn",
+        f"data.root={root}",
+        f"data.mean={mean}",
+        f"data.std={std}",
+        f"data.image_size={CLS_SIZE}",
+        *(o for o in TINY_RUN if not o.startswith("data.num_")),
+    ]
+    train(compose(cfg, output_dir=tmp_path / "run"))
+    ckpt = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_model_path"]
+    shutil.rmtree(root)
+    result = export(_export_cfg(ckpt, "format=torchscript", f"output={tmp_path / 'cnn.pt'}"))
+    extra = {METADATA_FILE: ""}
+    torch.jit.load(result["path"], _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    assert (meta["mean"], meta["std"]) == (mean, std)
+    assert meta["class_names"] == ["ant", "bee"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -202,7 +234,7 @@ def test_onnx_without_onnxruntime_exports_and_warns(cls_ckpt, tmp_path, monkeypa
 
 
 def _cls_net(cls_ckpt: Path) -> torch.nn.Module:
-    return load_module(cls_ckpt).net.eval()
+    return load_run(cls_ckpt).module.net.eval()
 
 
 def test_verify_rejects_an_output_beyond_tolerance(cls_ckpt):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seglab.inference import SegmentationInference
+from seglab.modules import SegmentationModule
 
 
 class _ShapeCheckingNet(nn.Module):
@@ -113,3 +116,22 @@ def test_bad_settings_are_refused(kwargs, message):
 
 def test_default_stride_is_two_thirds_of_the_window():
     assert SegmentationInference(mode="slide", window=96).stride == (64, 64)
+
+
+def test_module_logits_go_through_its_inference_when_set():
+    """`predict_logits` (validation, test, predict, TensorBoard samples): the net alone
+    without an inference, `inference(net, images)` with one; training always the net."""
+    net = _pointwise()
+    module = SegmentationModule(
+        net,
+        nn.CrossEntropyLoss(),
+        partial(torch.optim.SGD, lr=0.1),
+        class_names=list("abcd"),
+        ignore_index=255,
+    )
+    images = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(module.predict_logits(images), net(images))
+    module.inference = SegmentationInference(flip=True, size_divisor=1)
+    expected = (net(images) + net(images.flip(-1)).flip(-1)) / 2
+    torch.testing.assert_close(module.predict_logits(images), expected)
+    torch.testing.assert_close(module(images), net(images))

@@ -12,19 +12,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from seglab.checkpoint import load_module
+from seglab.checkpoint import load_run
 from seglab.config import compose
-from seglab.data.io import read_rgb
+from seglab.data.io import IMAGE_SUFFIXES, read_rgb
 from seglab.data.shapes import SHAPES, render_scene
 from seglab.errors import SeglabError
-from seglab.predict import IMAGE_EXTENSIONS, find_images, predict
+from seglab.predict import find_images, predict
 from seglab.train import train
 
 # name -> (height, width): sizes that are not multiples of 32, two equal ones in a row so
@@ -34,10 +33,9 @@ UNREADABLE = ("bad.png", "trunc.jpg")
 
 
 def _train(tmp_dir: Path, *overrides: str) -> tuple[Path, DictConfig]:
-    """Train a tiny model for one epoch; its best checkpoint and its config."""
+    """Train for one epoch; its best checkpoint and its config."""
     cfg = compose(
-        [*TINY, *overrides, "trainer.max_epochs=1", "logger=none", "test=false"],
-        output_dir=tmp_dir,
+        [*overrides, "trainer.max_epochs=1", "logger=none", "test=false"], output_dir=tmp_dir
     )
     train(cfg)
     record = json.loads((tmp_dir / "metrics.json").read_text())
@@ -45,13 +43,13 @@ def _train(tmp_dir: Path, *overrides: str) -> tuple[Path, DictConfig]:
 
 
 @pytest.fixture(scope="module")
-def seg_ckpt(tmp_path_factory) -> tuple[Path, DictConfig]:
-    return _train(tmp_path_factory.mktemp("seg_run"))
+def seg_ckpt(tmp_path_factory, tiny) -> tuple[Path, DictConfig]:
+    return _train(tmp_path_factory.mktemp("seg_run"), *tiny)
 
 
 @pytest.fixture(scope="module")
-def cls_ckpt(tmp_path_factory) -> tuple[Path, DictConfig]:
-    return _train(tmp_path_factory.mktemp("cls_run"), "experiment=shapes_cnn")
+def cls_ckpt(tmp_path_factory, tiny) -> tuple[Path, DictConfig]:
+    return _train(tmp_path_factory.mktemp("cls_run"), *tiny, "experiment=shapes_cnn")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +128,7 @@ def test_mask_is_the_models_argmax(seg_run, seg_ckpt, images, name):
     """The mask is the checkpoint's own prediction at the image's size: computed here from
     the bare net, zero-padded to a multiple of 32 (as `inference=whole` does) and cropped."""
     ckpt, cfg = seg_ckpt
-    net = load_module(ckpt).net
+    net = load_run(ckpt).module.net
     image = instantiate(cfg.data).to_input(_read(images / name))[None]
     height, width = image.shape[-2:]
     padded = F.pad(image, (0, -width % 32, 0, -height % 32))
@@ -189,7 +187,7 @@ def test_cli_empty_folder_is_a_one_line_error(seg_ckpt, tmp_path):
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"seglab: error: input={empty} (folder) matches no images"), line
-    assert all(ext in line for ext in IMAGE_EXTENSIONS)
+    assert all(ext in line for ext in IMAGE_SUFFIXES)
     assert not (tmp_path / "out").exists()
 
 
@@ -224,7 +222,7 @@ def test_classification_writes_one_csv_row_per_image(cls_ckpt, images, tmp_path)
     resized = v2.Resize(datamodule.input_size, antialias=True)(image)
     resized = resized.permute(1, 2, 0).numpy()
     with torch.no_grad():
-        probabilities = load_module(ckpt).net(datamodule.to_input(resized)[None]).softmax(1)[0]
+        probabilities = load_run(ckpt).module.net(datamodule.to_input(resized)[None]).softmax(1)[0]
     row = next(r for r in rows if Path(r["file"]).name == "c.png")
     assert row["class"] == class_names[int(probabilities.argmax())]
     assert float(row["probability"]) == pytest.approx(float(probabilities.max()), abs=1e-5)

@@ -1,48 +1,200 @@
-"""Rebuild a trained LightningModule from a seglab checkpoint alone."""
+"""The run format, written and read in one place.
+
+A training run records itself twice: `run_info.json` in its run directory, and in every
+checkpoint, under the key "seglab", the composed config, the task and the same run info
+(`RunRecord` writes both). `load_run` is the one reader: evaluate, predict and export
+rebuild model, config and data from a checkpoint alone with it.
+
+    run = load_run("outputs/train/runs/<time>/checkpoints/best-epoch003.ckpt")
+    logits = run.module.predict_logits(run.datamodule.to_input(image)[None])
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError
-from seglab.modules import MODULES
+from seglab.modules import MODULES, TaskModule
+
+# Where a checkpoint keeps the run record: {"task", "config", "run_info"}.
+RECORD_KEY = "seglab"
+
+_PACKAGES = (
+    "seglab",
+    "torch",
+    "torchvision",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "torchmetrics",
+    "segmentation-models-pytorch",
+    "timm",
+    "numpy",
+)
 
 
-def _read(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
-    path = Path(path)
+def json_value(value: Any) -> float | None:
+    """A metric as a JSON number: float, or None for NaN (JSON has no NaN)."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _git_state(path: Path) -> dict[str, Any] | None:
+    """Commit and dirtiness of the git checkout holding `path`, or None outside one."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info(seed: int | None) -> dict[str, Any]:
+    """What, besides the config, it takes to repeat a run: seed, code and environment."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "seed": seed,
+        "command": sys.argv,
+        "cwd": str(Path.cwd()),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "git": _git_state(Path(__file__).resolve().parent),
+    }
+
+
+class RunRecord(L.Callback):
+    """Writes `run_info.json` into the run directory when fitting starts, and stores the
+    composed config, task and run info in every checkpoint (under `RECORD_KEY`), so a
+    checkpoint alone can rebuild its run (`load_run`).
+
+    Args:
+        config: the composed, resolved config as plain containers.
+        output_dir: the run directory.
+    """
+
+    def __init__(self, config: dict[str, Any], output_dir: str | Path) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.info = run_info(config.get("seed"))
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "run_info.json").write_text(json.dumps(self.info, indent=2) + "\n")
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RECORD_KEY] = {
+            "task": getattr(pl_module, "task", None),
+            "config": self.config,
+            "run_info": self.info,
+        }
+
+
+@dataclass
+class Run:
+    """A trained run as its checkpoint stores it.
+
+    Attributes:
+        path: the checkpoint.
+        module: the `SegmentationModule` or `ClassificationModule` with the trained
+            weights, in eval mode, without an inference wrapper (set `module.inference`
+            for sliding-window or test-time-augmented logits).
+        cfg: the composed training config, read-only.
+        info: `run_info` of the training run (seed, command, versions, git commit).
+    """
+
+    path: Path
+    module: TaskModule
+    cfg: DictConfig
+    info: dict[str, Any]
+
+    @property
+    def task(self) -> Task:
+        return self.module.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.module.class_names
+
+    @cached_property
+    def datamodule(self) -> SeglabDataModule:
+        """The training datamodule, built from the stored data config on first use.
+
+        Building it reads no data (datamodules list their files in `setup()`), so it
+        serves class names, palette, input size and normalisation where the training
+        data is gone.
+        """
+        return instantiate(self.cfg.data)
+
+    @property
+    def mean(self) -> list[float]:
+        """Per-channel mean (0-255 scale) the model's inputs were normalised with."""
+        return [float(v) for v in self.datamodule.mean]
+
+    @property
+    def std(self) -> list[float]:
+        """Per-channel std (0-255 scale) the model's inputs were normalised with."""
+        return [float(v) for v in self.datamodule.std]
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise SeglabError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a file that is not one
         raise SeglabError(
             f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
         ) from err
-    if not isinstance(checkpoint, dict) or "seglab" not in checkpoint:
-        raise SeglabError(f"{path} is not a seglab checkpoint (it has no 'seglab' record)")
+    if not isinstance(checkpoint, dict) or RECORD_KEY not in checkpoint:
+        raise SeglabError(f"{path} is not a seglab checkpoint (it has no {RECORD_KEY!r} record)")
     return checkpoint
 
 
-def stored_config(path: str | Path) -> DictConfig:
-    """The composed training config stored in a seglab checkpoint (memory-mapped: the
-    weights are not read)."""
-    return OmegaConf.create(_read(path, mmap=True)["seglab"]["config"])
-
-
-def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The network, loss and class metadata of a checkpoint written by `seglab.train`,
-    as a `SegmentationModule` or `ClassificationModule` in eval mode.
-
-    The checkpoint carries the composed config (see `seglab.callbacks.RunRecord`), so
+def load_run(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Run:
+    """The run a checkpoint written by `seglab.train` records, rebuilt from it alone:
     neither the data nor the original config files are needed.
+
+    Raises:
+        SeglabError: the file is missing, unreadable or not a seglab checkpoint.
     """
+    path = Path(ckpt_path)
     checkpoint = _read(path, map_location)
-    record = checkpoint["seglab"]
+    record = checkpoint[RECORD_KEY]
     cfg = OmegaConf.create(record["config"])
+    OmegaConf.set_readonly(cfg, True)
     module = MODULES[record["task"]](
         instantiate(cfg.model),
         instantiate(cfg.loss),
@@ -51,4 +203,9 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
         **checkpoint["hyper_parameters"],
     )
     module.load_state_dict(checkpoint["state_dict"])
-    return module.eval()
+    return Run(path, module.eval(), cfg, record["run_info"])
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> TaskModule:
+    """The trained module of a checkpoint, in eval mode: `load_run(path).module`."""
+    return load_run(path, map_location).module

@@ -44,7 +44,7 @@ def schedule_length_kwargs(factory: SchedulerFactory, length: int) -> dict[str, 
     return {name: length for name in _SCHEDULE_LENGTH_ARGS if name in params and name not in given}
 
 
-class _TaskModule(L.LightningModule):
+class TaskModule(L.LightningModule):
     """Shared loop: one `_shared_step` for train/val/test, epoch-wide metrics per stage."""
 
     task: Task
@@ -99,6 +99,13 @@ class _TaskModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation and prediction: `inference(net, images)` when an inference
+        is set (sliding window, test-time augmentation), else `net(images)`."""
+        if self.inference is None:
+            return self(images)
+        return self.inference(self.net, images)
+
     def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
         # A third element, when present, counts the samples the loader skipped in this
         # batch (unreadable files under `skip_corrupt`); its epoch sum is logged.
@@ -113,10 +120,7 @@ class _TaskModule(L.LightningModule):
                 sync_dist=True,
                 batch_size=1,
             )
-        if self.inference is not None and stage != "train":
-            logits = self.inference(self.net, images)
-        else:
-            logits = self(images)
+        logits = self(images) if stage == "train" else self.predict_logits(images)
         loss = self.loss(logits, targets)
         if stage != "train":
             getattr(self, f"{stage}_metrics").update(self._metric_inputs(logits.detach()), targets)
@@ -187,7 +191,7 @@ class _TaskModule(L.LightningModule):
         }
 
 
-class SegmentationModule(_TaskModule):
+class SegmentationModule(TaskModule):
     """Semantic segmentation: logs loss, mIoU, per-class IoU and accuracy, pixel accuracy,
     mean accuracy and mean Dice under `train/`, `val/`, `test/`.
 
@@ -202,9 +206,10 @@ class SegmentationModule(_TaskModule):
             with it) and metrics.
         scheduler_interval: "step" to advance the scheduler every optimizer step (the
             convention of poly, cosine and one-cycle schedules), "epoch" every epoch.
-        inference: called as `inference(net, images)` for validation and test logits
-            instead of `net(images)`, e.g. `seglab.inference.SegmentationInference` for
-            sliding-window or test-time-augmented evaluation.
+        inference: called as `inference(net, images)` for validation, test and
+            prediction logits (`predict_logits`) instead of `net(images)`, e.g.
+            `seglab.inference.SegmentationInference` for sliding-window or
+            test-time-augmented evaluation.
     """
 
     task = "segmentation"
@@ -220,7 +225,7 @@ class SegmentationModule(_TaskModule):
         return class_indices(logits)
 
 
-class ClassificationModule(_TaskModule):
+class ClassificationModule(TaskModule):
     """Image classification: logs loss, top-1 accuracy (`acc`), mean per-class accuracy
     (`mAcc`), per-class accuracy (`Acc/<class>`) and, with more than 5 classes, top-5
     accuracy (`acc_top5`).
@@ -237,7 +242,7 @@ class ClassificationModule(_TaskModule):
         return self.val_metrics.names
 
 
-MODULES: dict[Task, type[_TaskModule]] = {
+MODULES: dict[Task, type[TaskModule]] = {
     "segmentation": SegmentationModule,
     "classification": ClassificationModule,
 }
@@ -286,7 +291,7 @@ def build_module(
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory | None = None,
     **kwargs: Any,
-) -> _TaskModule:
+) -> TaskModule:
     """The LightningModule of the data's task, after checking the net fits the data."""
     check_net_fits_data(net, datamodule)
     return MODULES[datamodule.task](
