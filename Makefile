@@ -41,19 +41,19 @@ sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time)
 		hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2 hydra.sweeper.n_trials=4 \
 		trainer.max_epochs=1 data.num_train=400 $(ARGS)
 
-bench: $(STAMP)  ## seglab vs raw PyTorch throughput ratios -> outputs/bench/
-	$(PY) -m seglab.bench $(ARGS)
+bench: $(STAMP)  ## seglab vs raw PyTorch throughput -> outputs/bench/; ARGS="--only loading"
+	$(PY) -m benchmarks $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -42,7 +42,7 @@ def fast_run() -> list[str]:
     return list(FAST_DEV_RUN)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny() -> list[str]:
     """Overrides that shrink a run to seconds (for command-line runs)."""
     return list(TINY)
@@ -69,7 +69,7 @@ class _LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def overfit_losses(cfg: DictConfig, steps: int, precision: str = "32-true") -> list[float]:
+def _overfit_losses(cfg: DictConfig, steps: int, precision: str = "32-true") -> list[float]:
     """Train the configured data/model/loss/optimizer on one fixed batch for `steps`
     steps through the Lightning loop; the training loss of every step."""
     torch.manual_seed(0)
@@ -97,3 +97,10 @@ def overfit_losses(cfg: DictConfig, steps: int, precision: str = "32-true") -> l
     trainer.fit(module, datamodule=datamodule)
     assert trainer.precision == precision
     return recorder.losses
+
+
+@pytest.fixture
+def overfit():
+    """`overfit(cfg, steps, precision="32-true")` -> the training loss of each of `steps`
+    steps on one fixed batch (the configured data, model, loss and optimizer)."""
+    return _overfit_losses

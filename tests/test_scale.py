@@ -11,7 +11,6 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import overfit_losses
 
 from seglab.config import compose
 from seglab.errors import SeglabError
@@ -79,9 +78,9 @@ def test_ddp_two_processes_match_single_process_evaluation(tmp_path):
             assert ddp["test/IoU/ellipse"] == pytest.approx(single["test/IoU/ellipse"], abs=1e-7)
 
 
-def test_bf16_mixed_precision_trains_and_learns(make_cfg):
+def test_bf16_mixed_precision_trains_and_learns(make_cfg, overfit):
     cfg = make_cfg("scheduler=none", "optimizer.lr=0.003")
-    losses = overfit_losses(cfg, steps=30, precision="bf16-mixed")
+    losses = overfit(cfg, steps=30, precision="bf16-mixed")
     assert losses[-1] < losses[0] / 4, losses[::5]
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import overfit_losses
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -52,10 +51,10 @@ def test_experiments_cover_every_model():
     assert {"shapes_cnn", "shapes_fcn"} <= set(EXPERIMENTS)
 
 
-def test_overfits_one_batch(make_cfg):
+def test_overfits_one_batch(make_cfg, overfit):
     """The whole pipeline (data, net, loss, optimizer, Lightning loop) can learn: training
     on one fixed batch drives the loss down by at least 10x."""
-    losses = overfit_losses(make_cfg("scheduler=none", "optimizer.lr=0.003"), steps=60)
+    losses = overfit(make_cfg("scheduler=none", "optimizer.lr=0.003"), steps=60)
     assert len(losses) == 60
     assert losses[-1] < losses[0] / 10, losses[::10]
 

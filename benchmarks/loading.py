@@ -1,4 +1,4 @@
-"""Loader throughput benchmarks, part of `make bench` (`python -m seglab.bench --only loading`).
+"""Loader throughput benchmarks, part of `make bench` (`python -m benchmarks --only loading`).
 
 Two datasets are written into a temporary folder and read back through seglab's
 datamodules with 0 and 2 DataLoader workers, next to decoding the same files alone:
@@ -20,13 +20,18 @@ import time
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.timing import StepClock, images_per_second
 from seglab.data.folder import FolderDataModule
 from seglab.data.image_folder import ImageFolderDataModule
 from seglab.data.shapes import render_scene
+from seglab.losses import CrossEntropyLoss
+from seglab.models import SimpleCNN
+from seglab.modules import ClassificationModule
 
 
 def _photo(rng: np.random.Generator, size: int, shapes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,33 +114,22 @@ def bench_segmentation_loading(workdir: Path, pairs: int = 96, batch: int = 8) -
 
 def _cnn_train_rate(batch: int, steps: int = 30) -> float:
     """Images/s of the plain CNN's raw training step (10 classes, 32x32)."""
-    from seglab.models import SimpleCNN
-
     torch.manual_seed(0)
     net = SimpleCNN(num_classes=10)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    times = []
+    clock = StepClock()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
-        times.append(time.perf_counter())
-    timed = times[3:]
-    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+        clock.tick()
+    return images_per_second(clock.times, batch)
 
 
 def _fit_rate(datamodule, batch: int, steps: int) -> float:
     """Images/s of the plain CNN trained by Lightning on `datamodule`'s loader (the
     model waits whenever loading is slower), warm-up steps excluded."""
-    import lightning as L
-
-    # bench.py imports this module: its clock is imported here, not at the top.
-    from seglab.bench import _images_per_second, _StepClock
-    from seglab.losses import CrossEntropyLoss
-    from seglab.models import SimpleCNN
-    from seglab.modules import ClassificationModule
-
     torch.manual_seed(0)
     module = ClassificationModule(
         SimpleCNN(num_classes=datamodule.num_classes),
@@ -144,7 +138,7 @@ def _fit_rate(datamodule, batch: int, steps: int) -> float:
         class_names=datamodule.class_names,
         ignore_index=-100,
     )
-    clock = _StepClock()
+    clock = StepClock()
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -157,7 +151,7 @@ def _fit_rate(datamodule, batch: int, steps: int) -> float:
         callbacks=[clock],
     )
     trainer.fit(module, datamodule=datamodule)
-    return _images_per_second(clock.times, batch)
+    return images_per_second(clock.times, batch)
 
 
 def bench_classification_loading(workdir: Path, images: int = 50_000, batch: int = 64) -> dict:
