@@ -20,12 +20,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -33,9 +31,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from seglab.config import CONFIG_DIR
+from seglab.cli import command
 from seglab.data.base import SeglabDataModule
-from seglab.errors import SeglabError, exit_message
+from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
 
@@ -274,25 +272,15 @@ def check_data(cfg: DictConfig) -> dict[str, Any]:
     print(format_report(result))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    (output_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log.info("Report written to %s", output_dir / "report.json")
     return result
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return str(value)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check_data")
+@command("check_data")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point: exit status 1 when the scan found a problem."""
-    try:
-        result = check_data(cfg)
-    except SeglabError as err:
-        raise SystemExit(exit_message(err)) from None
-    if result["problems"]:
+    if check_data(cfg)["problems"]:
         raise SystemExit(1)
 
 

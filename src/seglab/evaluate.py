@@ -16,28 +16,21 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.checkpoint import load_module, stored_config
-from seglab.config import CONFIG_DIR
-from seglab.errors import SeglabError, exit_message
+from seglab.checkpoint import json_value, load_run
+from seglab.cli import command
+from seglab.errors import SeglabError
 from seglab.metrics import metrics_from_confusion
 from seglab.plots import confusion_figure
 
 log = logging.getLogger(__name__)
-
-
-def _float(value: Any) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 def per_class_rows(confmat: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
@@ -49,9 +42,9 @@ def per_class_rows(confmat: torch.Tensor, class_names: list[str]) -> list[dict[s
         rows.append(
             {
                 "class": name,
-                "IoU": _float(iou),
-                "Acc": _float(values[f"Acc/{name}"]),
-                "Dice": _float(2 * iou / (1 + iou)),  # Dice = 2 IoU / (1 + IoU) per class
+                "IoU": json_value(iou),
+                "Acc": json_value(values[f"Acc/{name}"]),
+                "Dice": json_value(2 * iou / (1 + iou)),  # Dice = 2 IoU / (1 + IoU) per class
                 "pixels": int(confmat[i].sum()),
             }
         )
@@ -66,8 +59,8 @@ def classification_rows(confmat: torch.Tensor, class_names: list[str]) -> list[d
     return [
         {
             "class": name,
-            "Acc": _float(correct[i] / images[i]) if images[i] > 0 else None,
-            "Precision": _float(correct[i] / predicted[i]) if predicted[i] > 0 else None,
+            "Acc": json_value(correct[i] / images[i]) if images[i] > 0 else None,
+            "Precision": json_value(correct[i] / predicted[i]) if predicted[i] > 0 else None,
             "images": int(images[i]),
         }
         for i, name in enumerate(class_names)
@@ -98,21 +91,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     if cfg.split not in ("test", "val"):
         raise SeglabError(f"split must be 'test' or 'val'; got {cfg.split!r}")
-    module = load_module(cfg.ckpt_path)
-    data_cfg = cfg.data if cfg.get("data") else stored_config(cfg.ckpt_path).data
-    datamodule = instantiate(data_cfg)
+    run = load_run(cfg.ckpt_path)
+    module = run.module
+    datamodule = instantiate(cfg.data) if cfg.get("data") else run.datamodule
     if datamodule.class_names != module.class_names:
         raise SeglabError(
-            f"data {data_cfg._target_} has classes {datamodule.class_names} but checkpoint "
-            f"{cfg.ckpt_path} was trained on {module.class_names}"
+            f"data {type(datamodule).__name__} has classes {datamodule.class_names} but "
+            f"checkpoint {cfg.ckpt_path} was trained on {module.class_names}"
         )
     if module.task == "segmentation":
         module.inference = instantiate(cfg.inference)
 
     trainer: L.Trainer = instantiate(cfg.trainer)
-    run = trainer.test if cfg.split == "test" else trainer.validate
-    logged = run(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {name: _float(value) for name, value in sorted(logged.items())}
+    loop = trainer.test if cfg.split == "test" else trainer.validate
+    logged = loop(module, datamodule=datamodule, verbose=False)[0]
+    metrics = {name: json_value(value) for name, value in sorted(logged.items())}
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -152,13 +145,10 @@ def _write_confusion(output_dir: Path, confmat: torch.Tensor, class_names: list[
     confusion_figure(confmat, class_names).savefig(output_dir / "confusion_matrix.png", dpi=100)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@command("eval")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point."""
-    try:
-        evaluate(cfg)
-    except SeglabError as err:
-        raise SystemExit(exit_message(err)) from None
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -38,18 +38,19 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seglab.config import CONFIG_DIR
-from seglab.errors import SeglabError, exit_message
+from seglab.cli import command
+from seglab.errors import SeglabError
 from seglab.sizes import size_pair
+
+if TYPE_CHECKING:  # imported in `export` itself: it loads Lightning, seconds
+    from seglab.checkpoint import Run
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +145,14 @@ def verify(
     return diffs
 
 
-def _metadata(module: Any, cfg: DictConfig) -> dict[str, Any]:
+def _metadata(run: Run) -> dict[str, Any]:
     """What a deployment needs besides the weights: class names and normalisation."""
-    data_class = get_class(cfg.data._target_)
     return {
-        "class_names": list(module.class_names),
-        "mean": [float(v) for v in data_class.mean],
-        "std": [float(v) for v in data_class.std],
-        "task": module.task,
-        "input_size": list(instantiate(cfg.data).input_size),
+        "class_names": list(run.class_names),
+        "mean": run.mean,
+        "std": run.std,
+        "task": run.task,
+        "input_size": list(run.datamodule.input_size),
     }
 
 
@@ -323,15 +323,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise SeglabError("ckpt_path is required: python -m seglab.export ckpt_path=<ckpt>")
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():  # as load_module says, before seconds of importing Lightning
+    if not ckpt_path.is_file():  # as load_run says, before seconds of importing Lightning
         raise SeglabError(f"checkpoint {ckpt_path} does not exist")
-    from seglab.checkpoint import load_module, stored_config
+    from seglab.checkpoint import load_run
 
-    module = load_module(ckpt_path, map_location="cpu")
-    train_cfg = stored_config(ckpt_path)
-    metadata = _metadata(module, train_cfg)
-    task = metadata["task"]
-    net = module.net.to(device="cpu", dtype=torch.float32).eval()
+    run = load_run(ckpt_path, map_location="cpu")
+    metadata = _metadata(run)
+    task = run.task
+    net = run.module.net.to(device="cpu", dtype=torch.float32).eval()
 
     check_size = cfg.get("check_size")
     size = size_pair(check_size if check_size is not None else metadata["input_size"])
@@ -376,14 +375,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return {"path": str(output), "format": fmt, "verified": run is not None, "max_abs_diff": diffs}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+@command("export")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point; prints the exported file's path as the last line."""
-    try:
-        result = export(cfg)
-    except SeglabError as err:  # a config or checkpoint mistake: one line, no traceback
-        raise SystemExit(exit_message(err)) from None
-    print(result["path"])
+    print(export(cfg)["path"])
 
 
 if __name__ == "__main__":

@@ -27,23 +27,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from seglab.checkpoint import load_module, stored_config
-from seglab.config import CONFIG_DIR
-from seglab.data.base import SeglabDataModule
+from seglab.checkpoint import load_run
+from seglab.cli import command
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
-from seglab.errors import SeglabError, exit_message
+from seglab.errors import SeglabError
 from seglab.inference import class_indices
 
 log = logging.getLogger(__name__)
@@ -150,25 +147,17 @@ class _SegmentationWriter:
     """Logits -> argmax mask, written as class-index, colour and overlay PNGs."""
 
     def __init__(
-        self,
-        net: nn.Module,
-        datamodule: SeglabDataModule,
-        inference: Any,
-        device: torch.device,
-        output: Path,
-        overlay_alpha: float,
+        self, palette: Sequence[tuple[int, int, int]], output: Path, overlay_alpha: float
     ) -> None:
-        self.net, self.datamodule, self.inference, self.device = net, datamodule, inference, device
+        self.palette = np.asarray(palette, dtype=np.uint8)  # (C, 3)
         self.alpha = overlay_alpha
-        self.palette = np.asarray(datamodule.palette, dtype=np.uint8)  # (C, 3)
         self.dirs = {kind: output / kind for kind in ("masks", "color", "overlay")}
         for folder in self.dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, paths: Sequence[str], images: Sequence[np.ndarray]) -> None:
-        batch = torch.stack([self.datamodule.to_input(image) for image in images])
-        # The inference pads to its size_divisor and crops back: logits at the image's size.
-        logits = self.inference(self.net, batch.to(self.device))
+    def __call__(
+        self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
+    ) -> None:
         masks = class_indices(logits).to(torch.uint8).cpu().numpy()
         for path, image, mask in zip(paths, images, masks, strict=True):
             name = f"{Path(path).stem}.png"
@@ -185,21 +174,18 @@ class _SegmentationWriter:
 class _ClassificationWriter:
     """Logits -> softmax; one CSV row per image with the top class and its probability."""
 
-    def __init__(
-        self, net: nn.Module, datamodule: SeglabDataModule, device: torch.device, output: Path
-    ) -> None:
-        self.net, self.datamodule, self.device = net, datamodule, device
-        self.class_names = datamodule.class_names
+    def __init__(self, class_names: Sequence[str], output: Path) -> None:
+        self.class_names = list(class_names)
         output.mkdir(parents=True, exist_ok=True)
         # Rows are written as they come, so an interrupted run keeps what it predicted.
         self.file = (output / "predictions.csv").open("w", newline="")
         self.csv = csv.writer(self.file)
         self.csv.writerow(["file", "class", "probability"])
 
-    def __call__(self, paths: Sequence[str], images: Sequence[np.ndarray]) -> None:
-        batch = torch.stack([self.datamodule.to_input(image) for image in images])
-        probabilities = self.net(batch.to(self.device)).softmax(dim=1)
-        top, labels = probabilities.max(dim=1)
+    def __call__(
+        self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
+    ) -> None:
+        top, labels = logits.softmax(dim=1).max(dim=1)
         for path, probability, label in zip(paths, top.tolist(), labels.tolist(), strict=True):
             self.csv.writerow([path, self.class_names[label], f"{probability:.6f}"])
         self.file.flush()
@@ -240,22 +226,21 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if output.exists() and not output.is_dir():
         raise SeglabError(f"output={output} is a file; give a folder")
     device = resolve_device(str(cfg.device))
-    module = load_module(cfg.ckpt_path)
-    datamodule: SeglabDataModule = instantiate(stored_config(cfg.ckpt_path).data)
-    net = module.net.to(device)
+    run = load_run(cfg.ckpt_path)
+    module, datamodule = run.module.to(device), run.datamodule
 
-    if module.task == "segmentation":
+    if run.task == "segmentation":
         if module.num_classes > 256:
             raise SeglabError(
                 f"the checkpoint has {module.num_classes} classes; 8-bit masks hold at most 256"
             )
         _check_unique_stems(paths)
-        writer = _SegmentationWriter(
-            net, datamodule, instantiate(cfg.inference), device, output, float(cfg.overlay_alpha)
-        )
+        # Whole image padded to size_divisor, or sliding window: logits at the image's size.
+        module.inference = instantiate(cfg.inference)
+        writer = _SegmentationWriter(datamodule.palette, output, float(cfg.overlay_alpha))
         size = None  # segmentation predicts every pixel of the image as it is
     else:
-        writer = _ClassificationWriter(net, datamodule, device, output)
+        writer = _ClassificationWriter(run.class_names, output)
         size = datamodule.input_size  # the classifier's dense layer fixes its input size
 
     loader = DataLoader(
@@ -264,7 +249,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         collate_fn=_as_is,
         num_workers=int(cfg.num_workers),
     )
-    log.info("Predicting %d images (%s, %s) into %s", len(paths), module.task, device, output)
+    log.info("Predicting %d images (%s, %s) into %s", len(paths), run.task, device, output)
     failed: list[dict[str, str]] = []
     written = 0
     pending: list[tuple[str, np.ndarray]] = []
@@ -272,7 +257,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
     def flush() -> None:
         nonlocal written
-        writer([path for path, _ in pending], [image for _, image in pending])
+        images = [image for _, image in pending]
+        batch = torch.stack([datamodule.to_input(image) for image in images]).to(device)
+        writer([path for path, _ in pending], images, module.predict_logits(batch))
         written += len(pending)
         progress.update(len(pending))
         pending.clear()
@@ -306,17 +293,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"total": len(paths), "written": written, "failed": failed, "output": str(output)}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+@command("predict")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point: exits with status 1 and one line on any failure."""
-    try:
-        result = predict(cfg)
-    except SeglabError as err:  # a config or input mistake: one line, no traceback
-        raise SystemExit(exit_message(err)) from None
+    result = predict(cfg)
     if result["failed"]:
-        raise SystemExit(
-            f"seglab: error: {len(result['failed'])} of {result['total']} images could not "
-            f"be read: {_names(result['failed'])} (the others were written)"
+        raise SeglabError(
+            f"{len(result['failed'])} of {result['total']} images could not be read: "
+            f"{_names(result['failed'])} (the others were written)"
         )
 
 

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from seglab.callbacks import RunRecord
-from seglab.config import CONFIG_DIR
+from seglab.checkpoint import RunRecord, json_value
+from seglab.cli import command
 from seglab.data.base import SeglabDataModule
-from seglab.errors import SeglabError, exit_message
+from seglab.errors import SeglabError
 from seglab.modules import build_module
 
 log = logging.getLogger(__name__)
@@ -62,11 +58,6 @@ def _sync_data_config(cfg: DictConfig, datamodule: SeglabDataModule) -> None:
     with open_dict(cfg):
         cfg.data.class_names = list(datamodule.class_names)
         cfg.data.num_classes = datamodule.num_classes
-
-
-def _json_value(value: Any) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value  # JSON has no NaN
 
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
@@ -130,12 +121,12 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         if not ckpt_path.exists():
             raise SeglabError(f"ckpt_path=last but {ckpt_path} does not exist")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = {name: _json_value(value) for name, value in trainer.callback_metrics.items()}
+    metrics = {name: json_value(value) for name, value in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None:
-        metrics[f"best/{cfg.optimized_metric}"] = _json_value(checkpoint.best_model_score)
+        metrics[f"best/{cfg.optimized_metric}"] = json_value(checkpoint.best_model_score)
     else:
         metrics[f"best/{cfg.optimized_metric}"] = metrics.get(cfg.optimized_metric)
 
@@ -143,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         # The best checkpoint when there is one; the weights in memory otherwise
         # (fast_dev_run and checkpointing switched off save none).
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
-        metrics.update({name: _json_value(v) for name, v in results[0].items()})
+        metrics.update({name: json_value(v) for name, v in results[0].items()})
 
     _log_hparams(trainer, cfg, metrics)
     if trainer.is_global_zero:
@@ -157,16 +148,10 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@command("train")
 def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns the optimized metric for Hydra sweepers."""
-    try:
-        metrics = train(cfg)
-    except SeglabError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed and goes on
-        raise SystemExit(exit_message(err)) from None  # one line, no traceback
-    return metrics.get(f"best/{cfg.optimized_metric}")
+    return train(cfg).get(f"best/{cfg.optimized_metric}")
 
 
 if __name__ == "__main__":
