@@ -93,9 +93,10 @@ def run_info(seed: int | None) -> dict[str, Any]:
 
 
 class RunRecord(L.Callback):
-    """Writes `run_info.json` into the run directory when fitting starts, and stores the
-    composed config, task and run info in every checkpoint (under `RECORD_KEY`), so a
-    checkpoint alone can rebuild its run (`load_run`).
+    """Writes `run_info.json` into the run directory (with the run's `status`: running,
+    then finished or failed with the error), and stores the composed config, task and run
+    info in every checkpoint (under `RECORD_KEY`), so a checkpoint alone can rebuild its
+    run (`load_run`).
 
     Args:
         config: the composed, resolved config as plain containers.
@@ -106,11 +107,38 @@ class RunRecord(L.Callback):
         self.config = config
         self.output_dir = Path(output_dir)
         self.info = run_info(config.get("seed"))
+        # How the run stands (status, ended, error): in run_info.json, not in checkpoints.
+        self.state: dict[str, str] = {}
+        self._written = False
+
+    @rank_zero_only
+    def start(self) -> None:
+        """Record the run as running (before anything is built: a run that fails while
+        building data or model is recorded too)."""
+        self.state = {"status": "running"}
+        self._write()
+
+    @rank_zero_only
+    def finish(self, error: BaseException | None = None) -> None:
+        """Record how the run ended: `finished`, or `failed` with the error."""
+        self.state = {
+            "status": "finished" if error is None else "failed",
+            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if error is not None:
+            self.state["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        self._write()
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._written:  # used as a plain callback, without start()
+            self._write()
+
+    def _write(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "run_info.json").write_text(json.dumps(self.info, indent=2) + "\n")
+        record = {**self.info, **self.state}
+        (self.output_dir / "run_info.json").write_text(json.dumps(record, indent=2) + "\n")
+        self._written = True
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -175,8 +203,11 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a file that is not one
+        # Not torch's text: it advises weights_only=False, unsafe for an untrusted file.
         raise SeglabError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err})"
+            f"{path} is not a seglab checkpoint: torch cannot load it "
+            f"({type(err).__name__}); give a .ckpt file written by seglab.train "
+            "(checkpoints/best-*.ckpt or last.ckpt of its run directory)"
         ) from err
     if not isinstance(checkpoint, dict) or RECORD_KEY not in checkpoint:
         raise SeglabError(f"{path} is not a seglab checkpoint (it has no {RECORD_KEY!r} record)")

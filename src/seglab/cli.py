@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from seglab.config import CONFIG_DIR, add_user_config_dir, user_config_dirs
-from seglab.errors import SeglabError, exit_message
+from seglab.errors import SeglabError, exit_message, seglab_cause
 
 Run = Callable[[DictConfig], Any]
 
@@ -48,10 +48,12 @@ def command(config_name: str) -> Callable[[Run], Callable[[], Any]]:
         def task(cfg: DictConfig) -> Any:
             try:
                 return run(cfg)
-            except SeglabError as err:
-                if HydraConfig.get().mode == RunMode.MULTIRUN:
+            except Exception as err:
+                # Also one raised while Hydra instantiated a config, which Hydra wraps.
+                cause = seglab_cause(err)
+                if cause is None or HydraConfig.get().mode == RunMode.MULTIRUN:
                     raise
-                raise SystemExit(exit_message(err)) from None  # one line, no traceback
+                raise SystemExit(exit_message(cause)) from None  # one line, no traceback
 
         hydra_main = hydra.main(
             version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name

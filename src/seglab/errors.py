@@ -6,6 +6,18 @@ class SeglabError(ValueError):
     """A problem the user can fix in their config or data."""
 
 
+def seglab_cause(err: BaseException) -> SeglabError | None:
+    """The `SeglabError` behind `err`: itself, or the first one in its chain of causes
+    (Hydra wraps an error raised while instantiating a config in its own exception)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SeglabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def exit_message(err: SeglabError) -> str:
     """The one line an entry point prints for `err`.
 
