@@ -21,6 +21,7 @@ from seglab.config import compose
 from seglab.data import ShapesClassificationDataModule, ShapesDataModule
 from seglab.errors import SeglabError
 from seglab.export import METADATA_FILE, export, verify
+from seglab.predict import predict
 from seglab.train import train
 
 # A run of one tiny epoch: enough for a real checkpoint, not for a good model (parity with
@@ -315,3 +316,40 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path):
 def test_cli_unknown_format_is_one_line(cls_ckpt, tmp_path):
     result = _run_cli(f"ckpt_path={cls_ckpt}", "format=tflite", cwd=tmp_path)
     _assert_one_line_error(result, "format=tflite", "onnx", "torchscript")
+
+
+def _readme_snippet(marker: str) -> str:
+    """The python block that follows `<!-- marker -->` in README.md, verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split(f"<!-- {marker} -->", 1)[1].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_readme_onnxruntime_lines_reproduce_predict_on_an_odd_sized_image(
+    seg_ckpt, seg_onnx, tmp_path, monkeypatch
+):
+    """100x80 is no multiple of 32: without the recorded padding the ONNX model's mask
+    differs from predict's at the borders."""
+    meta = _onnx_metadata(seg_onnx["path"])
+    assert json.loads(meta["size_divisor"]) == 32 and json.loads(meta["pad_value"]) == 0.0
+
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    (tmp_path / "inputs").mkdir()
+    Image.fromarray(photo).save(tmp_path / "inputs" / "photo.png")
+    predict(
+        compose(
+            [f"ckpt_path={seg_ckpt}", f"input={tmp_path / 'inputs'}", f"output={tmp_path / 'out'}",
+             "device=cpu"],
+            config_name="predict",
+        )
+    )  # fmt: skip
+    expected = np.asarray(Image.open(tmp_path / "out" / "masks" / "photo.png"))
+
+    shutil.copy(seg_onnx["path"], tmp_path / "model.onnx")
+    shutil.copy(tmp_path / "inputs" / "photo.png", tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(_readme_snippet("onnx-predict"), namespace)  # the README's lines, as written
+    assert namespace["mask"].shape == (80, 100)
+    np.testing.assert_array_equal(namespace["mask"], expected)

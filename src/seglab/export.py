@@ -12,8 +12,11 @@ height and width for segmentation (the net's own constraints still hold, e.g. FP
 multiples of 32). Sliding-window or test-time-augmented inference is not part of it.
 
 Metadata travels in the file: ONNX `metadata_props` and the TorchScript extra file
-`metadata.json` both hold `class_names`, `mean`, `std` (JSON lists), `task` and
-`input_size` (the training size, [H, W]):
+`metadata.json` both hold `class_names`, `mean`, `std` (JSON lists), `task`,
+`input_size` (the training size, [H, W]) and, for segmentation, `size_divisor` and
+`pad_value`: `seglab.predict` pads each normalised image at the bottom and right to a
+multiple of `size_divisor` with `pad_value` and crops the logits back (the README shows
+the onnxruntime lines that reproduce it):
 
     props = {p.key: p.value for p in onnx.load(path).metadata_props}
     class_names = json.loads(props["class_names"])
@@ -47,6 +50,7 @@ from torch import nn
 
 from seglab.cli import command
 from seglab.errors import SeglabError
+from seglab.inference import SegmentationInference
 from seglab.sizes import size_pair
 
 if TYPE_CHECKING:  # imported in `export` itself: it loads Lightning, seconds
@@ -146,14 +150,20 @@ def verify(
 
 
 def _metadata(run: Run) -> dict[str, Any]:
-    """What a deployment needs besides the weights: class names and normalisation."""
-    return {
+    """What a deployment needs besides the weights: class names, normalisation and, for
+    segmentation, the padding `seglab.predict` applies (to a multiple of `size_divisor`,
+    with `pad_value` after normalisation, i.e. the mean colour; logits cropped back)."""
+    metadata = {
         "class_names": list(run.class_names),
         "mean": run.mean,
         "std": run.std,
         "task": run.task,
         "input_size": list(run.datamodule.input_size),
     }
+    if run.task == "segmentation":
+        metadata["size_divisor"] = SegmentationInference.size_divisor  # predict's default
+        metadata["pad_value"] = 0.0
+    return metadata
 
 
 @contextmanager
