@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import numpy as np
@@ -82,6 +82,11 @@ class SeglabDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        # Augmentation of whole training batches on the training device (a cached training
+        # split yields uint8 batches): `(batch, generator) -> batch`; set in `setup()`.
+        self.train_batch_transform: Callable[[Any, torch.Generator], Any] | None = None
+        # The run's seed, taken when the training loader is built (see `_loader`).
+        self._train_seed: int | None = None
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:
@@ -128,9 +133,12 @@ class SeglabDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() built no {stage} split")
         world_size, rank = self._world()
         sampler: Sampler[int] | None = None
+        if shuffle:
+            # The training order and batch augmentation derive from this seed alone.
+            self._train_seed = torch.initial_seed()
         if shuffle and world_size == 1:
             # Under DDP Lightning swaps in its own epoch-seeded DistributedSampler.
-            sampler = EpochShuffleSampler(len(dataset), seed=torch.initial_seed())
+            sampler = EpochShuffleSampler(len(dataset), seed=self._train_seed)
         elif not shuffle and world_size > 1:
             sampler = UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=rank)
         workers = loader_workers(getattr(self, "trainer", None), self.num_workers)
@@ -155,6 +163,29 @@ class SeglabDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply `train_batch_transform` to training batches, now on the training device;
+        validation, sanity-check, test and predict batches pass unchanged.
+
+        Its generator lives on the batch's device and is seeded from (the run's seed, the
+        epoch, the batch's index in the epoch, the global rank) alone, so the augmentation
+        of every batch is repeated exactly by a resumed run.
+        """
+        trainer = getattr(self, "trainer", None)
+        if self.train_batch_transform is None or trainer is None or not trainer.training:
+            return batch
+        seed = torch.initial_seed() if self._train_seed is None else self._train_seed
+        # Batches fetched so far this epoch, i.e. this batch's index: the epoch loop counts
+        # it as ready only after the transfer. Restored from checkpoints, like the epoch.
+        index = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        tensor = _first_tensor(batch)
+        generator = torch.Generator(device=tensor.device if tensor is not None else "cpu")
+        generator.manual_seed(batch_seed(seed, trainer.current_epoch, index, trainer.global_rank))
+        batch = self.train_batch_transform(batch, generator)
+        # Lightning converted the batch to the precision's input dtype (16-true, 64-true)
+        # before the transfer, when the images were still uint8; convert the floats now.
+        return trainer.precision_plugin.convert_input(batch)
 
 
 class Problems:
@@ -272,6 +303,24 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+def batch_seed(*keys: int) -> int:
+    """A 64-bit seed that is a pure function of non-negative `keys` (seed, epoch, batch,
+    rank), well mixed so neighbouring keys give unrelated random streams."""
+    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    """The first tensor in a batch of nested tuples, lists and dicts; None if none."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    items = list(batch.values()) if isinstance(batch, dict) else batch
+    if isinstance(items, (list, tuple)):
+        for item in items:
+            if (found := _first_tensor(item)) is not None:
+                return found
+    return None
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -31,6 +31,29 @@ Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, to
 COLOR_JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
+def scale_range_pair(scale_range: Sequence[float]) -> tuple[float, float]:
+    """`data.scale_range` as (min, max), checked: 0 < min <= max."""
+    low, high = (float(s) for s in scale_range)
+    if not 0 < low <= high:
+        raise SeglabError(
+            f"data.scale_range must be [min, max] with 0 < min <= max; got {[low, high]}"
+        )
+    return low, high
+
+
+def color_jitter_transform(color_jitter: Mapping[str, float] | None) -> v2.ColorJitter | None:
+    """`data.color_jitter` (None or `v2.ColorJitter` arguments) as the transform, keys
+    checked; its `brightness`, ... attributes hold the parsed factor ranges."""
+    if not color_jitter:
+        return None
+    unknown = sorted(set(color_jitter) - set(COLOR_JITTER_KEYS))
+    if unknown:
+        raise SeglabError(
+            f"data.color_jitter has unknown keys {unknown}; use any of {list(COLOR_JITTER_KEYS)}"
+        )
+    return v2.ColorJitter(**{k: float(v) for k, v in color_jitter.items()})
+
+
 def _to_float_normalised(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     """uint8 image -> float32 `(x - mean) / std` on the 0-255 scale (as `base.to_input`);
     the mask -> int64 class indices, the dtype losses and metrics take."""
@@ -74,11 +97,7 @@ def train_transform(
         image FloatTensor[3, h, w], mask LongTensor[h, w] with (h, w) = crop_size.
     """
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-    low, high = (float(s) for s in scale_range)
-    if not 0 < low <= high:
-        raise SeglabError(
-            f"data.scale_range must be [min, max] with 0 < min <= max; got {[low, high]}"
-        )
+    low, high = scale_range_pair(scale_range)
     steps: list[v2.Transform] = [
         v2.ScaleJitter(target_size=crop, scale_range=(low, high)),
         v2.RandomCrop(
@@ -88,15 +107,10 @@ def train_transform(
         ),
         v2.RandomHorizontalFlip(p=hflip),
     ]
-    if color_jitter:
-        unknown = sorted(set(color_jitter) - set(COLOR_JITTER_KEYS))
-        if unknown:
-            raise SeglabError(
-                f"data.color_jitter has unknown keys {unknown}; "
-                f"use any of {list(COLOR_JITTER_KEYS)}"
-            )
+    jitter = color_jitter_transform(color_jitter)
+    if jitter is not None:
         # Photometric: v2 passes Masks through untouched.
-        steps.append(v2.ColorJitter(**{k: float(v) for k, v in color_jitter.items()}))
+        steps.append(jitter)
     return v2.Compose([*steps, *_to_float_normalised(mean, std), _unwrap])
 
 
