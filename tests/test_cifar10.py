@@ -152,11 +152,23 @@ def test_val_size_zero_validates_on_test_and_too_large_is_refused(root):
         _datamodule(root, val_size=NUM_TRAIN)
 
 
-def test_augmentation_on_train_only(root):
-    datamodule = _datamodule(root, augment=True)
+def _training_draws(datamodule: CIFAR10DataModule, index: int, count: int) -> list:
+    """`count` training views of sample `index`: per sample, or (with a cache) a batch of
+    copies through the batch augmentation."""
+    if datamodule.train_batch_transform is None:
+        return [datamodule.train_set[index][0] for _ in range(count)]
+    batch = datamodule.train_set.__getitems__([index] * count)
+    images, _ = datamodule.train_batch_transform(batch, torch.Generator().manual_seed(0))
+    return list(images)
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_augmentation_on_train_only(root, cache):
+    datamodule = _datamodule(root, augment=True, cache=cache)
+    assert (datamodule.train_batch_transform is None) == (cache == "none")
     stored = datamodule.check_splits()[0]
     torch.manual_seed(0)
-    draws = [datamodule.train_set[0][0] for _ in range(10)]
+    draws = _training_draws(datamodule, 0, 10)
     assert all(d.shape == (3, 32, 32) for d in draws)
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
     plain = to_input(
@@ -171,8 +183,8 @@ def test_augmentation_on_train_only(root):
         for _ in range(5):
             assert torch.allclose(dataset[2][0], expected, atol=1e-5)
     # Switched off, training images are the stored ones too.
-    off = _datamodule(root, augment=False)
-    assert all(torch.allclose(off.train_set[0][0], plain, atol=1e-5) for _ in range(5))
+    off = _datamodule(root, augment=False, cache=cache)
+    assert all(torch.allclose(d, plain, atol=1e-5) for d in _training_draws(off, 0, 5))
 
 
 def test_other_image_size_resizes(root):

@@ -81,7 +81,8 @@ def test_index_masks_in_split_subfolders(tmp_path):
     """Sub-folder splits; train samples are crops, eval samples full resolution (padded
     to a multiple of 32 with ignore_index) and normalised like `to_input`."""
     root = subfolder_dataset(tmp_path)
-    dm = datamodule(root)
+    # The per-sample path; test_cache.py shows a cache gives the same samples.
+    dm = datamodule(root, cache="none")
     assert [len(dm.train_set), len(dm.val_set), len(dm.test_set)] == [3, 2, 1]
     assert dm.input_size == (32, 32)
 
@@ -273,7 +274,10 @@ def test_list_file_with_unknown_name(tmp_path):
 def test_corrupt_image_is_named_with_its_split(tmp_path):
     root = subfolder_dataset(tmp_path)
     (root / "images" / "train" / "b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    dm = datamodule(root)  # train images are read only when sampled
+    # With a cache it is read while the cache is built, in setup().
+    with pytest.raises(SeglabError, match=r"cannot read image .*train/b.jpg \(train split\)"):
+        datamodule(root, cache="memory")
+    dm = datamodule(root, cache="none")  # train images are read only when sampled
     with pytest.raises(SeglabError, match=r"cannot read image .*train/b.jpg \(train split\)"):
         dm.train_set[1]
     # With num_workers=0 the loader raises the same error in the main process.
@@ -283,14 +287,16 @@ def test_corrupt_image_is_named_with_its_split(tmp_path):
     # Val/test image headers are read in setup(), for the split's pad size.
     (root / "images" / "test" / "f.png").write_bytes(b"garbage")
     with pytest.raises(SeglabError, match=r"cannot read image .*test/f.png \(test split\)"):
-        datamodule(root)
+        datamodule(root, cache="none")
 
 
 def test_truncated_mask_is_named_with_its_split(tmp_path):
     root = subfolder_dataset(tmp_path)
     path = root / "masks" / "val" / "d.png"
     path.write_bytes(path.read_bytes()[:60])
-    dm = datamodule(root)
+    with pytest.raises(SeglabError, match=r"cannot read mask .*val/d.png \(val split\)"):
+        datamodule(root, cache="memory")
+    dm = datamodule(root, cache="none")
     with pytest.raises(SeglabError, match=r"cannot read mask .*val/d.png \(val split\)"):
         dm.val_set[0]
 
@@ -300,10 +306,11 @@ def test_mask_value_beyond_the_classes(tmp_path):
     labels = np.zeros((40, 56), np.uint8)
     labels[5, 5], labels[6, 6] = 7, 255  # 255 = ignore_index is fine, 7 is not
     Image.fromarray(labels).save(root / "masks" / "train" / "b.png")
-    dm = datamodule(root)
-    with pytest.raises(
-        SeglabError, match=r"mask .*train/b.png \(train split\) has value 7 .*label_map"
-    ):
+    message = r"mask .*train/b.png \(train split\) has value 7 .*label_map"
+    with pytest.raises(SeglabError, match=message):
+        datamodule(root, cache="memory")
+    dm = datamodule(root, cache="none")
+    with pytest.raises(SeglabError, match=message):
         dm.train_set[1]
 
 

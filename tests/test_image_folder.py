@@ -90,7 +90,8 @@ def test_items_are_rgb_resized_and_normalised(tmp_path):
     grey = tmp_path / "val" / "ant" / "grey.PNG"
     Image.new("L", (25, 50), 77).save(grey)
     mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
-    dm = datamodule(tmp_path, image_size=16, mean=list(mean), std=list(std))
+    # The per-sample path; test_cache.py shows a cache gives the same items.
+    dm = datamodule(tmp_path, image_size=16, mean=list(mean), std=list(std), cache="none")
     assert dm.class_names == SORTED and dm.num_classes == 3
     assert (dm.mean, dm.std) == (mean, std)
     assert ImageFolderDataModule.mean != mean  # an instance setting, not the class's
@@ -127,7 +128,7 @@ def test_stratified_split_is_seeded_disjoint_and_complete(tmp_path):
     assert find_splits(tmp_path, SORTED, 0.2, split_seed=0) == splits
     assert find_splits(tmp_path, SORTED, 0.2, split_seed=1)["val"] != splits["val"]
 
-    dm = datamodule(tmp_path, val_ratio=0.2)
+    dm = datamodule(tmp_path, val_ratio=0.2, cache="none")
     assert paths(dm.val_set) == paths_of(splits["val"]) and dm.test_set is dm.val_set
     datasets, problems = dm.check_splits()
     assert set(datasets) == {"train", "val"} and problems == []  # test is val: left out
@@ -139,7 +140,7 @@ def paths_of(samples) -> list[str]:
 
 def test_explicit_val_and_test_folders_are_used_as_they_are(tmp_path):
     written = write_tree(tmp_path, {"train": 3, "val": 2, "test": 1})
-    dm = datamodule(tmp_path)
+    dm = datamodule(tmp_path, cache="none")
     assert sorted(paths(dm.train_set)) == sorted(map(str, written["train"]))
     assert sorted(paths(dm.val_set)) == sorted(map(str, written["val"]))
     assert sorted(paths(dm.test_set)) == sorted(map(str, written["test"]))
@@ -229,7 +230,8 @@ def test_corrupt_file_is_named_with_its_split(tmp_path):
     bad = tmp_path / "train" / "bee" / "bad.jpg"
     whole = (tmp_path / "train" / "bee" / "bee_00.png").read_bytes()
     bad.write_bytes(whole[: len(whole) // 2])  # truncated
-    dm = datamodule(tmp_path, val_ratio=0.01)  # one val image per class: bad.jpg or not
+    # Without a cache the file is read when it is sampled.
+    dm = datamodule(tmp_path, val_ratio=0.01, cache="none")  # one val image per class
     split, index = next(
         (name, i)
         for name, dataset in (("train", dm.train_set), ("val", dm.val_set))
@@ -240,18 +242,22 @@ def test_corrupt_file_is_named_with_its_split(tmp_path):
     with pytest.raises(SeglabError, match=rf"cannot read image .*bee/bad.jpg \({split} split\)"):
         dataset[index]
     # From a worker process the loader re-raises in the main process, message included.
-    dm = datamodule(tmp_path, val_ratio=0.01, num_workers=1, batch_size=8)
+    dm = datamodule(tmp_path, val_ratio=0.01, num_workers=1, batch_size=8, cache="none")
     loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
     with pytest.raises(SeglabError, match=rf"cannot read image .*bee/bad.jpg \({split} split\)"):
         list(loader)
+    # With a cache it is found while the cache is built, in setup().
+    with pytest.raises(SeglabError, match=rf"cannot read image .*bee/bad.jpg \({split} split\)"):
+        datamodule(tmp_path, val_ratio=0.01, cache="memory")
 
 
 def test_skip_corrupt_drops_the_file_from_its_batch(tmp_path, caplog):
     write_tree(tmp_path, {"train": 3, "val": 1})
     bad = tmp_path / "train" / "ant" / "bad.png"
     bad.write_bytes(b"not a png" * 10)
-    # In-process loading: a worker's warning would not reach caplog.
-    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=10, num_workers=0)
+    # In-process loading: a worker's warning would not reach caplog. (With a cache the
+    # file is left out while the cache is built: test_cache.py.)
+    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=10, num_workers=0, cache="none")
     assert len(dm.train_set) == 10
     with caplog.at_level(logging.WARNING, logger="seglab.data.image_folder"):
         images, labels, skipped = next(iter(dm.train_dataloader()))
@@ -260,7 +266,7 @@ def test_skip_corrupt_drops_the_file_from_its_batch(tmp_path, caplog):
     _, _, skipped = next(iter(dm.val_dataloader()))
     assert skipped == 0
 
-    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=1)
+    dm = datamodule(tmp_path, skip_corrupt=True, batch_size=1, cache="none")
     index = paths(dm.train_set).index(str(bad))
     with pytest.raises(SeglabError, match=r"all 1 images of a batch are unreadable"):
         dm.collate_fn([dm.train_set[index]])
@@ -376,7 +382,8 @@ def test_trained_folder_classifier_evaluates_and_predicts_with_folder_class_name
 
 def test_a_run_with_skip_corrupt_logs_the_skipped_files(make_cfg, tmp_path, fast_run):
     """The module sums the collate's counts per epoch and stage: one unreadable training
-    image and one unreadable test image, each counted once."""
+    image and one unreadable test image, each counted once (without a cache: with one
+    they are left out of it while it is built)."""
     write_tree(tmp_path / "data", {"train": 4, "val": 1, "test": 1})
     (tmp_path / "data" / "train" / "bee" / "bad.png").write_bytes(b"broken" * 10)
     (tmp_path / "data" / "test" / "cat" / "bad.jpg").write_bytes(b"broken" * 10)
@@ -384,6 +391,7 @@ def test_a_run_with_skip_corrupt_logs_the_skipped_files(make_cfg, tmp_path, fast
         "experiment=folder_cnn",
         f"data.root={tmp_path / 'data'}",
         "data.skip_corrupt=true",
+        "data.cache=none",
         "data.num_workers=0",
         "data.batch_size=13",  # every image of a split in one batch
         *fast_run,

@@ -73,7 +73,7 @@ def test_config_downloads_nothing_unless_asked():
 
 def test_splits_shapes_and_masks_pixel_by_pixel(tmp_path):
     root = write_voc(tmp_path)
-    dm = datamodule(root)
+    dm = datamodule(root, cache="none")  # per-sample training crops
     assert [len(dm.train_set), len(dm.val_set)] == [3, 2]
     assert dm.test_set is dm.val_set  # VOC has no public test masks
     assert [image.stem for image, _ in dm.val_set.pairs] == SPLITS["val"]

@@ -10,8 +10,9 @@ prints: samples per split, images without masks and masks without images, unread
 truncated files, image/mask size mismatches, label values outside [0, num_classes) other
 than ignore_index, empty class folders and other layout problems (each naming the file or
 folder), the image sizes, per-class pixel (segmentation) or image (classification)
-counts and frequencies, the class imbalance, suggested class weights for the loss and
-the per-channel mean/std of the training images. The same report goes to
+counts and frequencies, the class imbalance, suggested class weights for the loss, the
+per-channel mean/std of the training images and the memory each split's decoded cache
+(`data.cache`) would take. The same report goes to
 outputs/check_data/runs/<time>/report.json. Exit status 1 when a problem was found.
 """
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from seglab.cli import command
 from seglab.data.base import SeglabDataModule
+from seglab.data.cache import MEMORY_SHARE, available_memory, decoded_nbytes
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,8 @@ def scan(
             },
             "size_min": [min(heights), min(widths)] if report.sizes else None,
             "size_max": [max(heights), max(widths)] if report.sizes else None,
+            # The decoded uint8 images (and masks) as `data.cache` holds them.
+            "cache_bytes": decoded_nbytes(datamodule.task, report.readable, report.pixels),
         }
     result: dict[str, Any] = {
         "task": datamodule.task,
@@ -193,6 +197,8 @@ def scan(
         "splits": splits_out,
         "problems": problems,
         "warnings": warnings,
+        "cache_bytes": sum(info["cache_bytes"] for info in splits_out.values()),
+        "available_memory": available_memory(),
     }
     train = reports.get("train")
     if train is not None and train.counts is not None:
@@ -214,6 +220,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The report as text: a per-class table over splits, then the findings."""
     names, unit = result["class_names"], result["unit"]
@@ -229,7 +239,7 @@ def format_report(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"{split:<6} {info['samples']:>8} samples ({info['readable']} readable), "
-            f"image size {size}"
+            f"image size {size}, decoded cache {_mib(info['cache_bytes'])}"
         )
     width = max(10, *(len(n) for n in names))
     header = f"{'class':<{width}}" + "".join(f"{s + ' ' + unit:>24}" for s in splits)
@@ -253,6 +263,13 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(f"train image mean/std (0-255): data.mean=[{mean}] data.std=[{std}]")
         else:
             lines.append(f"train image mean/std (0-255): [{mean}] / [{std}]")
+    if "cache_bytes" in result:
+        need, free = result["cache_bytes"], result["available_memory"]
+        fits = "fits" if need <= MEMORY_SHARE * free else "does not fit"
+        lines.append(
+            f"decoded cache (data.cache=memory or disk): {_mib(need)} for these splits; "
+            f"{fits} in a quarter of the {_mib(free)} available now (data.cache=auto)"
+        )
     for warning in result["warnings"]:
         lines.append(f"warning: {warning}")
     problems = result["problems"]

@@ -21,6 +21,11 @@ builds numpy arrays and nothing else, so a tampered file cannot run code.
 `val_size` training images are held out for validation, the same number of each class
 (up to rounding), drawn by `seglab.data.splits.stratified_split` with `split_seed`;
 `val_size: 0` validates on the test batch, as the Keras CIFAR-10 tutorial does.
+
+The splits are held as uint8 arrays (resized once when `image_size` is not 32) and read
+as `seglab.data.cache` says: with `cache` memory or disk (memory-mapped, written once,
+then no unpickling) training batches are gathered whole and augmented on the training
+device; with none every training image is augmented on its own in the loader.
 """
 
 from __future__ import annotations
@@ -29,15 +34,33 @@ import logging
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from seglab.data.base import SPLITS, SeglabDataModule
+from seglab.data.batch_augment import ClassificationBatchAugment
+from seglab.data.cache import (
+    Allocate,
+    Build,
+    CachedClassification,
+    CacheMode,
+    Source,
+    Store,
+    cache_root,
+    check_mode,
+    decoded_nbytes,
+    file_stats,
+    in_memory,
+    on_disk,
+    pass_through,
+    resolve,
+)
 from seglab.data.splits import stratified_split
-from seglab.data.transforms import ImageTransform, classification_transform
+from seglab.data.transforms import classification_transform
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -150,34 +173,13 @@ def read_label_names(path: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-class CIFAR10Split(Dataset):
-    """In-memory images and labels: `(image, label int)`.
-
-    Args:
-        images: uint8 [N, 3, 32, 32].
-        labels: int64 [N].
-        transform: uint8 `tv_tensors.Image[3, 32, 32]` -> FloatTensor[3, H, W]; None
-            returns the stored uint8 image.
-    """
-
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, transform: ImageTransform | None
-    ) -> None:
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(tv_tensors.Image(image))
-        return image, int(self.labels[index])
-
-
 Raw = dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (images, labels)
+RESIZE_CHUNK = 1000  # images resized at once while caching
+
+
+def _store(images: torch.Tensor, labels: torch.Tensor) -> Store:
+    """Stored images uint8 [N, 3, 32, 32] and labels int64 [N] as a store, not copied."""
+    return Store({"images": images.numpy(), "labels": labels.numpy()})
 
 
 class CIFAR10DataModule(SeglabDataModule):
@@ -198,6 +200,9 @@ class CIFAR10DataModule(SeglabDataModule):
         val_size: training images held out for validation; 0 validates on the test batch.
         split_seed: seeds the choice of those images (independently of the training seed).
         augment: random crop (zero padding of 4 pixels) and horizontal flip in training.
+        cache: "auto", "memory", "disk" or "none" (see the module docstring and
+            `seglab.data.cache`); auto is memory when the splits fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -215,6 +220,8 @@ class CIFAR10DataModule(SeglabDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: bool = True,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -243,19 +250,26 @@ class CIFAR10DataModule(SeglabDataModule):
         self.eval_transform = classification_transform(
             self.input_size, self.mean, self.std, train=False, resize=resize
         )
+        self.augment = augment
+        self.cache = check_mode(cache)
+        self.cache_dir = cache_root(cache_dir)
+        # Every loader gets whole batches from `CachedClassification.__getitems__`.
+        self.collate_fn = pass_through
 
     @property
     def folder(self) -> Path:
         return self.root / FOLDER
 
     def prepare_data(self) -> None:
-        """Download and unpack the official files when `download` is set (rank 0 only)."""
-        if not self.download:
-            return
-        from torchvision.datasets import CIFAR10
+        """Download and unpack the official files when `download` is set, then write the
+        disk cache where asked (one process per node, before `setup()` in all)."""
+        if self.download:
+            from torchvision.datasets import CIFAR10
 
-        for train in (True, False):
-            CIFAR10(str(self.root), train=train, download=True)
+            for train in (True, False):
+                CIFAR10(str(self.root), train=train, download=True)
+        if self.cache == "disk":
+            self._disk_stores()
 
     def _read_files(
         self, names: Sequence[str], on_error: Callable[[SeglabError], None] | None
@@ -285,12 +299,15 @@ class CIFAR10DataModule(SeglabDataModule):
                 "make data.class_names match the file (same order)"
             )
 
-    def _read(self, on_error: Callable[[SeglabError], None] | None = None) -> Raw:
-        """Stored images and labels per split (val taken out of the training batches)."""
+    def _check_folder(self) -> None:
         if not self.root.is_dir():
             raise SeglabError(f"data.root={self.root} does not exist; {HOW_TO_GET}")
         if not self.folder.is_dir():
             raise SeglabError(f"data.root={self.root} has no {FOLDER}/ folder; {HOW_TO_GET}")
+
+    def _read(self, on_error: Callable[[SeglabError], None] | None = None) -> Raw:
+        """Stored images and labels per split (val taken out of the training batches)."""
+        self._check_folder()
         try:
             self._check_class_names()
         except SeglabError as err:
@@ -319,14 +336,96 @@ class CIFAR10DataModule(SeglabDataModule):
                 raw["val"] = test
         return raw
 
+    def _splits(self) -> tuple[str, ...]:
+        """The splits held apart: val only when it is not the test batch."""
+        return ("train", "val", "test") if self.val_size > 0 else ("train", "test")
+
+    def _build(self, images: torch.Tensor, labels: torch.Tensor) -> Build:
+        """Build of a cached split: the images resized to `image_size` when that is not
+        32 (as the first step of `classification_transform`), once."""
+        resize = v2.Resize(self.input_size, antialias=True)
+
+        def build(allocate: Allocate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            out = allocate("images", (len(images), 3, *self.input_size), np.uint8)
+            for start in range(0, len(images), RESIZE_CHUNK):
+                chunk = images[start : start + RESIZE_CHUNK]
+                out[start : start + len(chunk)] = (
+                    chunk if self.input_size == (SIZE, SIZE) else resize(chunk)
+                ).numpy()
+            kept = allocate("labels", (len(labels),), np.int64)
+            kept[:] = labels.numpy()
+            return {"images": out, "labels": kept}, {}
+
+        return build
+
+    def _disk_stores(self) -> dict[str, Store]:
+        """Every split mapped from the disk cache; the batch files are unpickled only
+        when it is missing or stale."""
+        self._check_folder()
+        paths = [self.folder / name for name in (*TRAIN_BATCHES, *TEST_BATCHES)]
+        for path in paths:
+            if not path.is_file():
+                raise SeglabError(f"{path} is missing; {HOW_TO_GET}")
+        self._check_class_names()
+        files = file_stats(paths)
+        raw: Raw = {}
+
+        def build(split: str) -> Build:
+            def from_batches(allocate: Allocate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                if not raw:
+                    raw.update(self._read())
+                return self._build(*raw[split])(allocate)
+
+            return from_batches
+
+        stores = {}
+        for split in self._splits():
+            settings = {
+                "dataset": "cifar10",
+                "root": str(self.folder.resolve()),
+                "split": split,
+                "class_names": self.class_names,
+                "val_size": self.val_size,
+                "split_seed": self.split_seed,
+                "image_size": list(self.input_size),
+            }
+            source = Source(f"{FOLDER}-{split}", settings, files)
+            stores[split] = on_disk(self.cache_dir, source, build(split))
+        return stores
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        raw = self._read()
-        self.train_set = CIFAR10Split(*raw["train"], self.train_transform)
-        self.test_set = CIFAR10Split(*raw["test"], self.eval_transform)
+        if self.cache == "disk":
+            stores, mode = self._disk_stores(), "disk"
+        else:
+            raw = self._read()
+            height, width = self.input_size
+            count = sum(len(raw[split][1]) for split in self._splits())
+            mode = resolve(
+                self.cache,
+                lambda: decoded_nbytes(self.task, count, count * height * width),
+                getattr(self, "trainer", None),
+            )
+            if mode == "none":
+                stores = {split: _store(*raw[split]) for split in self._splits()}
+            else:
+                stores = {split: in_memory(self._build(*raw[split])) for split in self._splits()}
+        if mode == "none":
+            self.train_set = CachedClassification(stores["train"], self.train_transform)
+            evaluate = self.eval_transform
+        else:
+            self.train_set = CachedClassification(stores["train"], transform=None)
+            # The cached images already have the input size: no resize.
+            evaluate = classification_transform(
+                self.input_size, self.mean, self.std, train=False, resize=False
+            )
+            self.train_batch_transform = ClassificationBatchAugment(
+                self.input_size, self.mean, self.std, augment=self.augment
+            )
+        self.test_set = CachedClassification(stores["test"], evaluate)
         self.val_set = (
-            self.test_set if self.val_size == 0 else CIFAR10Split(*raw["val"], self.eval_transform)
+            CachedClassification(stores["val"], evaluate) if "val" in stores else self.test_set
         )
         log.info(
             "%s: %d train, %d val, %d test images",
@@ -344,5 +443,5 @@ class CIFAR10DataModule(SeglabDataModule):
         datasets: dict[str, Dataset] = {}
         for split in SPLITS:
             if split in raw and all(raw[split] is not raw[s] for s in datasets):
-                datasets[split] = CIFAR10Split(*raw[split], transform=None)
+                datasets[split] = CachedClassification(_store(*raw[split]), transform=None)
         return datasets, problems

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from seglab.data.base import Problems, check_class_names, examples
+from seglab.data.cache import CacheMode
 from seglab.data.image_mask import ImageMaskDataModule
 from seglab.data.pairs import Pair
 from seglab.errors import SeglabError
@@ -115,6 +116,9 @@ class CityscapesDataModule(ImageMaskDataModule):
         hflip: probability of a horizontal flip in training.
         color_jitter: None or `v2.ColorJitter` arguments, for training images only.
         size_divisor: evaluation samples are padded to a multiple of this.
+        cache: "auto", "memory", "disk" or "none": decode every pair once (see
+            `seglab.data.cache`); auto holds the splits in memory when they fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -132,6 +136,8 @@ class CityscapesDataModule(ImageMaskDataModule):
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
         size_divisor: int = 32,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
         batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -148,6 +154,8 @@ class CityscapesDataModule(ImageMaskDataModule):
             hflip=hflip,
             color_jitter=color_jitter,
             size_divisor=size_divisor,
+            cache=cache,
+            cache_dir=cache_dir,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,

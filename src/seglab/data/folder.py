@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.base import SPLITS, Problems, examples
+from seglab.data.cache import CacheMode
 from seglab.data.image_mask import ImageMaskDataModule
 from seglab.data.pairs import Pair, pair_files
 from seglab.errors import SeglabError
@@ -184,6 +185,9 @@ class FolderDataModule(ImageMaskDataModule):
             saturation, hue), for training images only.
         size_divisor: evaluation samples are padded to a multiple of this (the net's
             output stride: 32 for five-stage encoders).
+        cache: "auto", "memory", "disk" or "none": decode every pair once (see
+            `seglab.data.cache`); auto holds the splits in memory when they fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -202,6 +206,8 @@ class FolderDataModule(ImageMaskDataModule):
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
         size_divisor: int = 32,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
         batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -217,6 +223,8 @@ class FolderDataModule(ImageMaskDataModule):
             hflip=hflip,
             color_jitter=color_jitter,
             size_divisor=size_divisor,
+            cache=cache,
+            cache_dir=cache_dir,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,

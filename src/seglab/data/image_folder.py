@@ -15,9 +15,13 @@ ignored.
 
 Images are decoded with PIL, converted to RGB and resized to `image_size` (aspect ratio
 not kept); training adds a random crop of the zero-padded image and a horizontal flip
-(`augment`). An unreadable image raises SeglabError naming it and its split; with
-`skip_corrupt` it is dropped from its batch with a warning instead, and the module logs
-the count as `<stage>/skipped_files`.
+(`augment`). With `cache` (see `seglab.data.cache`) every image is decoded and resized
+once, into one uint8 array per split, and training batches are cropped and flipped on the
+training device (`ClassificationBatchAugment`); without, every read decodes.
+
+An unreadable image raises SeglabError naming it and its split (with a cache: while the
+cache is built); with `skip_corrupt` it is left out with a warning instead (without a
+cache: dropped from its batch, the count logged as `<stage>/skipped_files`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,24 @@ from torchvision.datasets.folder import find_classes, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from seglab.data.base import Problems, SeglabDataModule
+from seglab.data.batch_augment import ClassificationBatchAugment
+from seglab.data.cache import (
+    CachedClassification,
+    CacheMode,
+    Source,
+    Store,
+    build_classification,
+    cache_root,
+    check_mode,
+    decoded_nbytes,
+    file_stats,
+    fitting,
+    in_memory,
+    on_disk,
+    pass_through,
+    resolve,
+    trainer_stage,
+)
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.data.splits import stratified_split
 from seglab.data.transforms import ImageTransform, classification_transform
@@ -326,8 +348,12 @@ class ImageFolderDataModule(SeglabDataModule):
         crop_padding, hflip: see `augment`.
         mean, std: per-channel statistics (0-255 scale) to normalise with; None for
             ImageNet's. The data checker prints the dataset's own.
-        skip_corrupt: drop unreadable images from their batch with a warning (the count
-            is logged as `<stage>/skipped_files`) instead of stopping with an error.
+        skip_corrupt: leave unreadable images out with a warning (without a cache: drop
+            them from their batch, the count logged as `<stage>/skipped_files`) instead of
+            stopping with an error.
+        cache: "auto", "memory", "disk" or "none": decode every image once (see
+            `seglab.data.cache`); auto holds the splits in memory when they fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -348,6 +374,8 @@ class ImageFolderDataModule(SeglabDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         skip_corrupt: bool = False,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -384,30 +412,110 @@ class ImageFolderDataModule(SeglabDataModule):
         self.eval_transform = classification_transform(
             self.input_size, self.mean, self.std, train=False, resize=True
         )
+        self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
         self.skip_corrupt = skip_corrupt
         if skip_corrupt:
             self.collate_fn = skip_unreadable_collate
+        self.cache = check_mode(cache)
+        self.cache_dir = cache_root(cache_dir)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _splits(self) -> dict[str, list[Sample]]:
+        """The samples of each split; test left out when it is the val split."""
         _classes(self.root, self.class_names, self.num_classes)  # names given in the config
         splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed)
-        skip = self.skip_corrupt
-        self.train_set = ImageFolderClassification(
-            splits["train"], "train", self.train_transform, skip
+        if splits["test"] is splits["val"]:
+            del splits["test"]
+        return splits
+
+    def _store(self, split: str, samples: list[Sample], mode: str) -> Store:
+        """The decoded images of one split, resized to `image_size` (as the first step of
+        `classification_transform`), from the cache of `mode` ("memory" or "disk")."""
+        resize = v2.Resize(self.input_size, antialias=True)
+        source = ImageFolderClassification(samples, split, resize, self.skip_corrupt)
+        labels = [label for _, label in samples]
+        build = build_classification(source, labels, self.input_size, f"caching {split}")
+        if mode == "memory":
+            store = in_memory(build)
+        else:
+            settings = {
+                "dataset": "image_folder",
+                "root": str(self.root.resolve()),
+                "split": split,
+                "class_names": self.class_names,
+                "image_size": list(self.input_size),
+                "skip_corrupt": self.skip_corrupt,
+            }
+            files = file_stats(path for path, _ in samples)
+            store = on_disk(
+                self.cache_dir, Source(f"{self.root.name}-{split}", settings, files), build
+            )
+        skipped = [samples[i][0] for i in store.extra.get("skipped", [])]
+        if skipped:
+            log.warning(
+                "%d unreadable images of the %s split are left out of its cache "
+                "(data.skip_corrupt), e.g. %s",
+                len(skipped),
+                split,
+                skipped[0],
+            )
+        return store
+
+    def prepare_data(self) -> None:
+        """With `cache="disk"`, decode the splits into the disk cache unless it is up to
+        date; Lightning runs this in one process per node, before `setup()` in all."""
+        if self.cache == "disk":
+            splits = self._splits()
+            if not fitting(trainer_stage(getattr(self, "trainer", None))):
+                del splits["train"]
+            for split, samples in splits.items():
+                self._store(split, samples, "disk")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
+        splits only, so evaluating a checkpoint decodes no training image."""
+        if self.train_set is not None or (self.val_set is not None and not fitting(stage)):
+            return
+        splits = self._splits()
+        if not fitting(stage):
+            del splits["train"]
+        count = sum(len(samples) for samples in splits.values())
+        height, width = self.input_size
+        mode = resolve(
+            self.cache,
+            lambda: decoded_nbytes(self.task, count, count * height * width),
+            getattr(self, "trainer", None),
         )
-        self.val_set = ImageFolderClassification(splits["val"], "val", self.eval_transform, skip)
-        self.test_set = (
-            self.val_set
-            if splits["test"] is splits["val"]
-            else ImageFolderClassification(splits["test"], "test", self.eval_transform, skip)
-        )
+        sets: dict[str, Dataset] = {}
+        if mode == "none":
+            for split, samples in splits.items():
+                transform = self.train_transform if split == "train" else self.eval_transform
+                sets[split] = ImageFolderClassification(
+                    samples, split, transform, self.skip_corrupt
+                )
+        else:
+            # The cached images already have the input size: no resize.
+            evaluate = classification_transform(
+                self.input_size, self.mean, self.std, train=False, resize=False
+            )
+            for split, samples in splits.items():
+                store = self._store(split, samples, mode)
+                sets[split] = CachedClassification(store, None if split == "train" else evaluate)
+            self.collate_fn = pass_through
+            self.train_batch_transform = ClassificationBatchAugment(
+                self.input_size,
+                self.mean,
+                self.std,
+                crop_padding=self.crop_padding,
+                hflip=self.hflip,
+                augment=self.augment,
+            )
+        self.train_set, self.val_set = sets.get("train"), sets["val"]
+        self.test_set = sets.get("test", self.val_set)
         log.info(
-            "%s: %d classes; %d train, %d val, %d test images",
+            "%s: %d classes; %s train, %d val, %d test images",
             self.root,
             self.num_classes,
-            len(self.train_set),
+            len(self.train_set) if self.train_set is not None else "no",
             len(self.val_set),
             len(self.test_set),
         )

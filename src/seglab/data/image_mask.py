@@ -7,23 +7,46 @@ sample: the dataset that reads, decodes and transforms a split's pairs, and
 Training samples are randomly scaled, cropped to `crop_size`, flipped and optionally
 colour-jittered; validation and test samples keep their full resolution and are only
 padded (mask: `ignore_index`) to the split's largest size, rounded up to a multiple of
-`size_divisor`, so they batch together and fit encoders with stride 32.
+`size_divisor`, so they batch together and fit encoders with stride 32. With `cache` (see
+`seglab.data.cache`) every pair is decoded once, the training split yields the decoded
+uint8 pairs and the same augmentation runs on whole batches on the training device
+(`SegmentationBatchAugment`); validation and test samples read the cache and are
+transformed as without it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from seglab.data.base import SPLITS, Problems, SeglabDataModule
+from seglab.data.batch_augment import SegmentationBatchAugment
+from seglab.data.cache import (
+    CacheMode,
+    Source,
+    Store,
+    build_segmentation,
+    cache_root,
+    check_mode,
+    decoded_nbytes,
+    file_stats,
+    fitting,
+    in_memory,
+    on_disk,
+    pass_through,
+    resolve,
+    segmentation_sample,
+    segmentation_sizes,
+    trainer_stage,
+)
 from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
 from seglab.data.masks import MaskDecoder, check_label_map, check_palette
 from seglab.data.pairs import Pair
@@ -58,6 +81,11 @@ def _size(path: Path, kind: str, split: str) -> tuple[int, int]:
     except PIL_ERRORS as err:
         raise SeglabError(_unreadable(kind, path, split, err)) from err
     return height, width
+
+
+def _sizes(pairs: Sequence[Pair], split: str) -> np.ndarray:
+    """(height, width) of every pair's image, from the headers: int64 [N, 2]."""
+    return np.array([_size(image, "image", split) for image, _ in pairs], np.int64).reshape(-1, 2)
 
 
 class ImageMaskSegmentation(Dataset):
@@ -117,6 +145,56 @@ class ImageMaskSegmentation(Dataset):
         return image, mask
 
 
+class CachedSegmentation(ImageMaskSegmentation):
+    """`ImageMaskSegmentation` reading its samples decoded from a cache (`store`);
+    `transform` None yields them as stored, uint8 image [3, H, W] and mask [H, W], for
+    the batch augmentation on the training device. `__getitems__` gives a whole batch
+    (collate with `pass_through`): lists of those, or the transformed samples stacked.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pairs: Sequence[Pair],
+        split: str,
+        decoder: MaskDecoder,
+        transform: Transform | None,
+        pad_size: tuple[int, int] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__(pairs, split, decoder, transform, pad_size, ignore_index)
+        self.store = store
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        image, mask = segmentation_sample(self.store, index)
+        # Copies: the store may be a read-only memory map.
+        return (
+            tv_tensors.Image(torch.from_numpy(np.array(image))),
+            tv_tensors.Mask(torch.from_numpy(np.array(mask))),
+        )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.transform is None:
+            return as_decoded(*self.load(index))
+        return super().__getitem__(index)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple:
+        items = [self[i] for i in indices]
+        if self.transform is None:
+            images, masks = zip(*items, strict=True)
+            return list(images), list(masks)
+        return default_collate(items)
+
+
+def as_decoded(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample as decoded, as plain tensors: what a cache stores.
+
+    Shape:
+        uint8 Image[3, H, W], uint8 Mask[H, W] -> uint8 Tensor[3, H, W], uint8 Tensor[H, W].
+    """
+    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
 def as_stored(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
     """`check_splits`' transform: the sample as decoded, without augmentation.
 
@@ -148,6 +226,9 @@ class ImageMaskDataModule(SeglabDataModule):
             colour-coded masks, which also colours predictions.
         label_map: `{old: new}` label renumbering after decoding.
         value_fix: the fix a mask value that is no label calls for (see `MaskDecoder`).
+        cache: "auto", "memory", "disk" or "none": decode every pair once (see
+            `seglab.data.cache`); auto holds the splits in memory when they fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
     """
 
     task = "segmentation"
@@ -173,6 +254,8 @@ class ImageMaskDataModule(SeglabDataModule):
         mask_palette: Sequence[Sequence[int]] | None = None,
         label_map: Mapping[int, int] | None = None,
         value_fix: str | None = None,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -210,6 +293,11 @@ class ImageMaskDataModule(SeglabDataModule):
         )
         self.eval_transform = eval_transform(self.mean, self.std)
         self.size_divisor = size_divisor
+        self.crop_size = crop_size
+        self.scale_range, self.hflip = scale_range, hflip
+        self.color_jitter = dict(color_jitter) if color_jitter else None
+        self.cache = check_mode(cache)
+        self.cache_dir = cache_root(cache_dir)
 
     def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
         """The (image, mask) pairs of each split: "train", "val" and, where the dataset
@@ -227,38 +315,124 @@ class ImageMaskDataModule(SeglabDataModule):
         """The mask colours when masks are colour-coded, else the default palette."""
         return self.mask_palette or super().palette
 
-    def _eval_split(self, pairs: list[Pair], split: str) -> ImageMaskSegmentation:
-        # One pad size per split, from the file headers: full-resolution samples of
-        # different sizes then batch, and fit the net's stride.
-        sizes = np.array([_size(image, "image", split) for image, _ in pairs])
+    def _pad_size(self, sizes: np.ndarray) -> tuple[int, int]:
+        """One pad size per evaluation split: its largest (height, width) rounded up to a
+        multiple of `size_divisor`, so full-resolution samples of different sizes batch
+        together and fit the net's stride."""
         divisor = self.size_divisor
-        pad_size = tuple(int(-(-s // divisor) * divisor) for s in sizes.max(axis=0))
-        return ImageMaskSegmentation(
-            pairs, split, self.decoder, self.eval_transform, pad_size, self.ignore_index
-        )
+        height, width = (int(-(-s // divisor) * divisor) for s in sizes.max(axis=0))
+        return height, width
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _splits(self) -> dict[str, list[Pair]]:
+        """The pairs of each split; "test" only where it is not the val split."""
         splits = self.find_pairs(Problems(strict=True))
         for split in ("train", "val"):
             if not splits.get(split):  # find_pairs should have said why; a safety net
                 raise SeglabError(
                     f"{type(self).__name__} found no {split} pairs under data.root={self.root}"
                 )
-        self.train_set = ImageMaskSegmentation(
-            splits["train"], "train", self.decoder, self.train_transform
-        )
-        self.val_set = self._eval_split(splits["val"], "val")
-        if splits.get("test"):
-            self.test_set = self._eval_split(splits["test"], "test")
-        else:
+        if not splits.get("test"):
             log.info("%s: %s; testing on the val split", self.root, self.no_test_reason)
-            self.test_set = self.val_set
+        return {split: splits[split] for split in SPLITS if splits.get(split)}
+
+    def _store(
+        self, split: str, pairs: list[Pair], mode: str, sizes: Callable[[], np.ndarray]
+    ) -> Store:
+        """The decoded pairs of one split from the cache of `mode` ("memory" or "disk");
+        `sizes()` gives their (height, width) from the file headers, read only to build."""
+        source = ImageMaskSegmentation(pairs, split, self.decoder, as_decoded)
+        names = [f"image {image}" for image, _ in pairs]
+        build = build_segmentation(source, sizes, names, f"caching {split}")
+        if mode == "memory":
+            return in_memory(build)
+        settings = {
+            "dataset": type(self).__name__,
+            "root": str(self.root.resolve()),
+            "split": split,
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "palette": self.mask_palette,
+            "label_map": self.decoder.lut.tolist(),
+        }
+        files = file_stats(path for pair in pairs for path in pair)
+        return on_disk(self.cache_dir, Source(f"{self.root.name}-{split}", settings, files), build)
+
+    def prepare_data(self) -> None:
+        """With `cache="disk"`, decode the splits into the disk cache unless it is up to
+        date; Lightning runs this in one process per node, before `setup()` in all."""
+        if self.cache == "disk":
+            splits = self._splits()
+            if not fitting(trainer_stage(getattr(self, "trainer", None))):
+                del splits["train"]
+            for split, pairs in splits.items():
+                self._store(split, pairs, "disk", lambda p=pairs, s=split: _sizes(p, s))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
+        splits only, so evaluating a checkpoint decodes no training image."""
+        if self.train_set is not None or (self.val_set is not None and not fitting(stage)):
+            return
+        splits = self._splits()
+        if not fitting(stage):
+            del splits["train"]
+        sizes: dict[str, np.ndarray] = {}
+
+        def split_sizes(split: str) -> np.ndarray:
+            if split not in sizes:
+                sizes[split] = _sizes(splits[split], split)
+            return sizes[split]
+
+        def nbytes() -> int:
+            pixels = {split: int(np.prod(split_sizes(split), axis=1).sum()) for split in splits}
+            return sum(
+                decoded_nbytes(self.task, len(splits[split]), pixels[split]) for split in splits
+            )
+
+        mode = resolve(self.cache, nbytes, getattr(self, "trainer", None))
+        sets: dict[str, ImageMaskSegmentation] = {}
+        if mode == "none":
+            if "train" in splits:
+                sets["train"] = ImageMaskSegmentation(
+                    splits["train"], "train", self.decoder, self.train_transform
+                )
+            for split in [split for split in splits if split != "train"]:
+                sets[split] = ImageMaskSegmentation(
+                    splits[split],
+                    split,
+                    self.decoder,
+                    self.eval_transform,
+                    self._pad_size(split_sizes(split)),
+                    self.ignore_index,
+                )
+        else:
+            for split, pairs in splits.items():
+                store = self._store(split, pairs, mode, lambda s=split: split_sizes(s))
+                evaluate = split != "train"
+                sets[split] = CachedSegmentation(
+                    store,
+                    pairs,
+                    split,
+                    self.decoder,
+                    self.eval_transform if evaluate else None,
+                    self._pad_size(segmentation_sizes(store)) if evaluate else None,
+                    self.ignore_index,
+                )
+            self.collate_fn = pass_through
+            self.train_batch_transform = SegmentationBatchAugment(
+                self.crop_size,
+                self.ignore_index,
+                self.mean,
+                self.std,
+                scale_range=self.scale_range,
+                hflip=self.hflip,
+                color_jitter=self.color_jitter,
+            )
+        self.train_set, self.val_set = sets.get("train"), sets["val"]
+        self.test_set = sets.get("test", self.val_set)
         log.info(
-            "%s: %d train, %d val, %d test pairs",
+            "%s: %s train, %d val, %d test pairs",
             self.root,
-            len(self.train_set),
+            len(self.train_set) if self.train_set is not None else "no",
             len(self.val_set),
             len(self.test_set),
         )

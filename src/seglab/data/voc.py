@@ -27,6 +27,7 @@ from pathlib import Path
 from torchvision.datasets import VOCSegmentation
 
 from seglab.data.base import Problems, check_class_names, examples
+from seglab.data.cache import CacheMode
 from seglab.data.image_mask import ImageMaskDataModule
 from seglab.data.pairs import Pair
 from seglab.errors import SeglabError
@@ -79,6 +80,9 @@ class VOCDataModule(ImageMaskDataModule):
         hflip: probability of a horizontal flip in training.
         color_jitter: None or `v2.ColorJitter` arguments, for training images only.
         size_divisor: evaluation samples are padded to a multiple of this.
+        cache: "auto", "memory", "disk" or "none": decode every pair once (see
+            `seglab.data.cache`); auto holds the splits in memory when they fit.
+        cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
     """
 
@@ -99,6 +103,8 @@ class VOCDataModule(ImageMaskDataModule):
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
         size_divisor: int = 32,
+        cache: CacheMode = "auto",
+        cache_dir: str | Path | None = None,
         batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -115,6 +121,8 @@ class VOCDataModule(ImageMaskDataModule):
             hflip=hflip,
             color_jitter=color_jitter,
             size_divisor=size_divisor,
+            cache=cache,
+            cache_dir=cache_dir,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -142,13 +150,14 @@ class VOCDataModule(ImageMaskDataModule):
 
     def prepare_data(self) -> None:
         """With `download`, fetch and unpack VOC 2012 into `root` unless it is there;
-        Lightning runs this once per node before `setup()`."""
-        if not self.download or self.voc_dir.is_dir():
-            return
-        log.info("Downloading Pascal VOC 2012 (2 GB) into %s", self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        # One archive holds every list; image_set only picks what this object reads.
-        VOCSegmentation(str(self.root), year="2012", image_set="train", download=True)
+        then build the disk cache where asked. Lightning runs this once per node before
+        `setup()`."""
+        if self.download and not self.voc_dir.is_dir():
+            log.info("Downloading Pascal VOC 2012 (2 GB) into %s", self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            # One archive holds every list; image_set only picks what this object reads.
+            VOCSegmentation(str(self.root), year="2012", image_set="train", download=True)
+        super().prepare_data()
 
     def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
         voc = self.voc_dir
