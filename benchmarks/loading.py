@@ -1,22 +1,30 @@
-"""Loader throughput benchmarks, part of `make bench` (`python -m benchmarks --only loading`).
+"""The benchmarks' datasets, and loader throughput (`python -m benchmarks --only loading`).
 
-Two datasets are written into a temporary folder and read back through seglab's
-datamodules with 0 and 2 DataLoader workers, next to decoding the same files alone:
+The datasets are written once into `<out>/data/` (outputs/bench/data/) and reused by
+later runs and by the other parts (`benchmarks.recipes`): 32x32 JPEGs in class folders
+(train/ and test/), and PNG image/mask pairs of any size. The images are smooth colour
+gradients with noise and shapes (photo-like compression, unlike pure noise, which would
+make PNG decoding unrealistically slow).
+
+The loading part reads two of them back through seglab's datamodules with 0 and 2
+DataLoader workers and `cache="none"`, next to decoding the same files alone. Without a
+cache every sample is decoded and augmented as it is read; over a cache the loader hands
+out samples decoded once and leaves augmentation to the training device, so its rate says
+nothing about loading (the seed part measures seglab with its cache, end to end):
 
 - segmentation: 512x512 PNG image/mask pairs through `data=folder`'s default training
   augmentation (random scale, 512x512 crop, flip, normalisation);
-- classification: 32x32 JPEGs in class folders through `data=image_folder` (resize,
-  padded random crop, flip, normalisation), against the plain CNN's training throughput.
-
-The images are smooth colour gradients with noise and shapes (photo-like compression,
-unlike pure noise, which would make PNG decoding unrealistically slow).
+- classification: 50,000 32x32 JPEGs in class folders through `data=image_folder`
+  (resize, padded random crop, flip, normalisation), against the plain CNN's training
+  throughput.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +40,7 @@ from seglab.data.shapes import render_scene
 from seglab.losses import CrossEntropyLoss
 from seglab.models import SimpleCNN
 from seglab.modules import ClassificationModule
+from seglab.sizes import size_pair
 
 
 def _photo(rng: np.random.Generator, size: int, shapes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,33 +48,79 @@ def _photo(rng: np.random.Generator, size: int, shapes: int) -> tuple[np.ndarray
     return render_scene(rng, (size, size), ("ellipse", "rectangle", "triangle"), shapes, (0.1, 0.3))
 
 
-def write_segmentation_folder(root: Path, count: int, size: int = 512) -> Path:
-    """`count` image/mask PNG pairs of size x size under root/images, root/masks."""
+def write_segmentation_folder(root: Path, count: int, size: int | Sequence[int] = 512) -> Path:
+    """`count` image/mask PNG pairs of `size` ((height, width) or one int) under
+    root/images and root/masks; masks hold 0 (background) and 1-3 (ellipse, rectangle,
+    triangle)."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
+    height, width = size_pair(size)
     rng = np.random.default_rng(0)
     tile = 64  # render small, upscale: render_scene is slow at 512 px
     for i in range(count):
         image, mask = _photo(rng, tile, 4)
-        image = Image.fromarray(image).resize((size, size), Image.BILINEAR)
-        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (size, size, 3))
+        image = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (height, width, 3))
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask).resize((size, size), Image.NEAREST).save(root / "masks" / f"{i}.png")
+        mask = Image.fromarray(mask).resize((width, height), Image.NEAREST)
+        mask.save(root / "masks" / f"{i}.png")
     return root
 
 
 def write_image_folder(root: Path, count: int, classes: int = 10, size: int = 32) -> Path:
-    """`count` size x size JPEGs spread over `classes` folders under root/train."""
+    """`count` size x size JPEGs spread over `classes` folders: nine in ten under
+    root/train/, the others under root/test/ (50,000 -> 45,000 + 5,000, CIFAR-10's
+    shape)."""
     rng = np.random.default_rng(0)
     base = [_photo(rng, size, 2)[0] for _ in range(64)]
-    for c in range(classes):
-        (root / "train" / f"class{c}").mkdir(parents=True)
+    test_from = count - count // 10
+    for split in ("train", "test"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
     for i in range(count):
+        split = "train" if i < test_from else "test"
         noisy = base[i % 64].astype(np.int16) + rng.integers(-8, 9, (size, size, 3))
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(
-            root / "train" / f"class{i % classes}" / f"{i}.jpg", quality=90
+            root / split / f"class{i % classes}" / f"{i}.jpg", quality=90
         )
     return root
+
+
+def _written_once(root: Path, write: Callable[[Path], object], what: str) -> Path:
+    """`root` as `write(root)` leaves it: written on the first call, reused after. A
+    `.complete` file marks a finished tree; an interrupted one is written again."""
+    done = root / ".complete"
+    if done.exists():
+        print(f"data  reusing {what} in {root}", flush=True)
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    start = time.perf_counter()
+    write(root)
+    done.touch()
+    print(f"data  wrote {what} into {root} in {time.perf_counter() - start:.0f} s", flush=True)
+    return root
+
+
+def jpeg_folder(data_dir: Path, count: int) -> Path:
+    """The class-folder tree of `write_image_folder(count)` (10 classes, 32x32) under
+    `data_dir`, written once."""
+    return _written_once(
+        data_dir / f"jpeg32_{count}",
+        partial(write_image_folder, count=count),
+        f"{count} 32x32 JPEGs in 10 class folders",
+    )
+
+
+def png_pairs(data_dir: Path, count: int, size: int | Sequence[int]) -> Path:
+    """The image/mask tree of `write_segmentation_folder(count, size)` under `data_dir`,
+    written once."""
+    height, width = size_pair(size)
+    return _written_once(
+        data_dir / f"png{height}x{width}_{count}",
+        partial(write_segmentation_folder, count=count, size=(height, width)),
+        f"{count} {width}x{height} PNG image/mask pairs",
+    )
 
 
 def _decode_rate(paths: list[Path]) -> float:
@@ -87,8 +142,8 @@ def _loader_rate(loader, batches: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def bench_segmentation_loading(workdir: Path, pairs: int = 96, batch: int = 8) -> dict:
-    root = write_segmentation_folder(workdir / "seg", pairs)
+def bench_segmentation_loading(data_dir: Path, pairs: int = 96, batch: int = 8) -> dict:
+    root = png_pairs(data_dir, pairs, 512)
     decode = _decode_rate(sorted((root / "images").iterdir()))
     result: dict = {"pairs": pairs, "size": 512, "batch": batch, "decode_img_s": decode}
     for workers in (0, 2):
@@ -99,6 +154,7 @@ def bench_segmentation_loading(workdir: Path, pairs: int = 96, batch: int = 8) -
             split_ratios=[1.0, 0.01, 0.0],
             batch_size=batch,
             num_workers=workers,
+            cache="none",
         )
         data.setup("fit")
         rates = [_loader_rate(data.train_dataloader(), (pairs // batch) - 2) for _ in range(2)]
@@ -154,23 +210,21 @@ def _fit_rate(datamodule, batch: int, steps: int) -> float:
     return images_per_second(clock.times, batch)
 
 
-def bench_classification_loading(workdir: Path, images: int = 50_000, batch: int = 64) -> dict:
-    start = time.perf_counter()
-    root = write_image_folder(workdir / "cls", images)
-    written = time.perf_counter() - start
+def bench_classification_loading(data_dir: Path, images: int = 50_000, batch: int = 64) -> dict:
+    root = jpeg_folder(data_dir, images)
     paths = sorted((root / "train" / "class0").iterdir())[:2000]
     decode = _decode_rate(paths)
     result: dict = {"images": images, "batch": batch, "decode_img_s": decode}
     measured_batches = 120
     for workers in (0, 2):
-        data = ImageFolderDataModule(root, batch_size=batch, num_workers=workers)
+        data = ImageFolderDataModule(root, batch_size=batch, num_workers=workers, cache="none")
         data.setup("fit")
         rates = [_loader_rate(data.train_dataloader(), measured_batches) for _ in range(2)]
         result[f"workers{workers}_img_s"] = max(rates)
         result[f"fit_workers{workers}_img_s"] = _fit_rate(data, batch, measured_batches)
     result["cnn_train_img_s"] = statistics.median(_cnn_train_rate(batch) for _ in range(3))
     print(
-        f"load  {images} 32px JPEG (written in {written:.0f} s)   decode alone {decode:7.0f} "
+        f"load  {images} 32px JPEG   decode alone {decode:7.0f} "
         f"img/s   loader+augment workers=0 {result['workers0_img_s']:7.0f} img/s   "
         f"workers=2 {result['workers2_img_s']:7.0f} img/s\n"
         f"      plain CNN on in-memory batches {result['cnn_train_img_s']:7.0f} img/s   "
@@ -181,9 +235,8 @@ def bench_classification_loading(workdir: Path, images: int = 50_000, batch: int
     return result
 
 
-def bench_loading() -> dict:
-    with tempfile.TemporaryDirectory(prefix="seglab-bench-") as tmp:
-        return {
-            "folder_512px_png": bench_segmentation_loading(Path(tmp)),
-            "image_folder_32px_jpeg": bench_classification_loading(Path(tmp)),
-        }
+def bench_loading(data_dir: Path) -> dict:
+    return {
+        "folder_512px_png": bench_segmentation_loading(data_dir),
+        "image_folder_32px_jpeg": bench_classification_loading(data_dir),
+    }

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from benchmarks.timing import StepClock, images_per_second, paired_ratio
+from benchmarks.timing import StepClock, alternate, images_per_second, paired_ratio
 from seglab.data.shapes import SHAPES, ShapesClassification, ShapesSegmentation
 from seglab.losses import CrossEntropyLoss
 from seglab.modules import ClassificationModule, SegmentationModule
@@ -117,16 +117,11 @@ def _seglab_train(net: nn.Module, batches, task: str, lr: float, workdir: Path) 
 def bench_training(name: str, make_net, batches, task: str, rounds: int, workdir: Path) -> dict:
     torch.manual_seed(0)
     initial = make_net()
-    raw, seglab = [], []
-    for round_ in range(rounds):
-        # Back-to-back pairs, the order swapped every round: whichever runs second in a
-        # pair tends to gain from a warm allocator and caches on this kind of machine.
-        first_raw = round_ % 2 == 0
-        if first_raw:
-            raw.append(_raw_train(copy.deepcopy(initial), batches, lr=1e-3))
-        seglab.append(_seglab_train(copy.deepcopy(initial), batches, task, 1e-3, workdir))
-        if not first_raw:
-            raw.append(_raw_train(copy.deepcopy(initial), batches, lr=1e-3))
+    raw, seglab = alternate(
+        rounds,
+        lambda: _raw_train(copy.deepcopy(initial), batches, lr=1e-3),
+        lambda: _seglab_train(copy.deepcopy(initial), batches, task, 1e-3, workdir),
+    )
     ratio, pairs = paired_ratio(raw, seglab)
     result = {
         "raw_img_s": statistics.median(raw),
