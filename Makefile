@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 CKPT ?=
+SWEEP ?=
+STORAGE ?=
 
-.PHONY: install train eval check-data sweep test test-slow test-all bench tensorboard lint format clean
+.PHONY: install train eval check-data sweep dashboard test test-slow test-all bench tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +38,14 @@ test-slow: $(STAMP)  ## only the slow tests (multi-process DDP, sweeps)
 test-all: $(STAMP)  ## every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time)
+sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time); ARGS="hydra.sweeper.pruner=median ..."
 	$(PY) -m seglab.train -m hparams_search=shapes_optuna hydra/launcher=joblib \
 		hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2 hydra.sweeper.n_trials=4 \
 		trainer.max_epochs=1 data.num_train=400 $(ARGS)
+
+dashboard: $(STAMP)  ## optuna-dashboard on a sweep's study: make dashboard SWEEP=<sweep dir> (or STORAGE=<database URL>)
+	@test -n "$(SWEEP)$(STORAGE)" || { echo "usage: make dashboard SWEEP=outputs/train/multirun/<time> | STORAGE=postgresql://user:password@host/db [ARGS=\"--port 8081\"]"; exit 2; }
+	$(VENV)/bin/optuna-dashboard $(if $(STORAGE),$(subst postgresql://,postgresql+psycopg://,$(STORAGE)),sqlite:///$(abspath $(SWEEP))/optuna.db) $(ARGS)
 
 bench: $(STAMP)  ## seglab vs raw PyTorch throughput -> outputs/bench/; ARGS="--only loading"
 	$(PY) -m benchmarks $(ARGS)

@@ -119,10 +119,11 @@ class RunRecord(L.Callback):
         self._write()
 
     @rank_zero_only
-    def finish(self, error: BaseException | None = None) -> None:
-        """Record how the run ended: `finished`, or `failed` with the error."""
+    def finish(self, error: BaseException | None = None, status: str | None = None) -> None:
+        """Record how the run ended: `finished`, or `failed` with the error (or another
+        `status`, e.g. `pruned` by a sweep)."""
         self.state = {
-            "status": "finished" if error is None else "failed",
+            "status": status or ("finished" if error is None else "failed"),
             "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if error is not None:

@@ -53,6 +53,9 @@ def command(config_name: str) -> Callable[[Run], Callable[[], Any]]:
                 cause = seglab_cause(err)
                 if cause is None or HydraConfig.get().mode == RunMode.MULTIRUN:
                     raise
+                if getattr(cause, "exit_code", 1) == 0:  # an expected end, e.g. pruned
+                    print(f"seglab: {cause}", file=sys.stderr)
+                    raise SystemExit(0) from None
                 raise SystemExit(exit_message(cause)) from None  # one line, no traceback
 
         hydra_main = hydra.main(

@@ -32,7 +32,7 @@ from seglab.cli import command
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
 from seglab.modules import build_module
-from seglab.sweeps import raise_if_pruned, trial_callbacks
+from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     try:
         metrics = _fit_and_test(cfg, output_dir, record, built)
     except BaseException as err:
+        if isinstance(err, Pruned):  # the sweep's decision, not a failure
+            record.finish(err, status="pruned")
+            raise
         if isinstance(err, SeglabError):
             _to_log_files(logging.ERROR, exit_message(err))
         else:

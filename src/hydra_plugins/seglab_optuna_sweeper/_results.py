@@ -1,0 +1,123 @@
+"""What a sweep leaves in its directory, written at the end of every run of the sweeper
+(a resumed or joined one included), from the whole study:
+
+    optimization_results.yaml   best parameters, value, trial and run directory; counts
+    trials.csv                  every trial: number, state, value, parameters, duration,
+                                run directory, error, the trial it retries, worker
+    plots/*.html                optimization history, parameter importances, parallel
+                                coordinates (plotly; plotly.min.js beside them, offline)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from seglab.errors import one_line
+
+log = logging.getLogger(__name__)
+
+# What the sweeper records on each trial (user attributes): why it failed, where it ran,
+# which worker (host:pid) ran it, and whether it was a surplus trial, never run.
+ERROR_ATTR = "error"
+RUN_DIR_ATTR = "run_dir"
+WORKER_ATTR = "worker"
+SURPLUS_ATTR = "surplus"
+# A trial can only end FAIL without an error when optuna fails it for its heartbeat.
+NO_HEARTBEAT = "its process died (no heartbeat for grace_period)"
+
+PLOTS = {
+    "optimization_history": "plot_optimization_history",
+    "param_importances": "plot_param_importances",
+    "parallel_coordinate": "plot_parallel_coordinate",
+}
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial that `trial` repeats (None for a new trial)."""
+    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def write_results(study: optuna.Study, sweep_dir: Path, storage: str) -> None:
+    """Write the study's results into `sweep_dir`; `storage` is the URL to record (its
+    password hidden)."""
+    trials = study.get_trials(deepcopy=False)
+    _write_summary(study, trials, sweep_dir / "optimization_results.yaml", storage)
+    _write_trials(trials, sweep_dir / "trials.csv")
+    _write_plots(study, sweep_dir / "plots")
+
+
+def _write_summary(
+    study: optuna.Study, trials: list[FrozenTrial], path: Path, storage: str
+) -> None:
+    states = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    summary: dict[str, Any] = {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "storage": storage,
+        "direction": study.direction.name.lower(),
+        "trials": {state: count for state, count in states.items() if count},
+    }
+    if states["COMPLETE"]:
+        best = study.best_trial
+        summary |= {
+            "best_params": best.params,
+            "best_value": best.value,
+            "best_trial": best.number,
+            "best_run_dir": best.user_attrs.get(RUN_DIR_ATTR),
+        }
+        log.info("Best trial %d: %s = %s, %s", best.number, "value", best.value, best.params)
+    else:
+        summary |= {"best_params": None, "best_value": None}
+        log.warning("No trial of study '%s' completed", study.study_name)
+    OmegaConf.save(OmegaConf.create(summary), path)
+    log.info("Results: %s", path)
+
+
+def _write_trials(trials: list[FrozenTrial], path: Path) -> None:
+    keys = sorted({key for t in trials for key in t.params})
+    columns = ["number", "state", "value", *keys, "duration_s", "run_dir", "error", "retry_of"]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([*columns, "worker"])
+        for t in trials:
+            duration = t.duration.total_seconds() if t.duration is not None else None
+            writer.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    t.value,
+                    *(t.params.get(key) for key in keys),
+                    None if duration is None else round(duration, 1),
+                    t.user_attrs.get(RUN_DIR_ATTR),
+                    t.user_attrs.get(ERROR_ATTR)
+                    or (NO_HEARTBEAT if t.state == TrialState.FAIL else None),
+                    retry_of(t),
+                    t.user_attrs.get(WORKER_ATTR),
+                ]
+            )
+
+
+def _write_plots(study: optuna.Study, folder: Path) -> None:
+    from optuna import visualization
+
+    if not visualization.is_available():
+        log.warning("No plots: plotly is not installed")
+        return
+    folder.mkdir(exist_ok=True)
+    for name, function in PLOTS.items():
+        try:
+            with warnings.catch_warnings():  # optuna's remarks on small studies
+                warnings.simplefilter("ignore")
+                figure = getattr(visualization, function)(study)
+        except Exception as err:  # e.g. importances need two finished trials
+            log.info("No %s plot: %s", name, one_line(err))
+            continue
+        figure.write_html(folder / f"{name}.html", include_plotlyjs="directory")
