@@ -11,8 +11,9 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from seglab.data.samplers import loader_sampler
 from seglab.errors import SeglabError
 from seglab.sizes import size_pair
 
@@ -132,15 +133,12 @@ class SeglabDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() built no {stage} split")
         world_size, rank = self._world()
-        sampler: Sampler[int] | None = None
         if shuffle:
             # The training order and batch augmentation derive from this seed alone.
             self._train_seed = torch.initial_seed()
-        if shuffle and world_size == 1:
-            # Under DDP Lightning swaps in its own epoch-seeded DistributedSampler.
-            sampler = EpochShuffleSampler(len(dataset), seed=self._train_seed)
-        elif not shuffle and world_size > 1:
-            sampler = UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=rank)
+        sampler = loader_sampler(
+            len(dataset), shuffle=shuffle, world_size=world_size, rank=rank, seed=self._train_seed
+        )
         workers = loader_workers(getattr(self, "trainer", None), self.num_workers)
         return DataLoader(
             dataset,
@@ -321,43 +319,3 @@ def _first_tensor(batch: Any) -> torch.Tensor | None:
             if (found := _first_tensor(item)) is not None:
                 return found
     return None
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Random order that is a pure function of `(seed, epoch)`; Lightning calls
-    `set_epoch` before each epoch. A run resumed from a checkpoint therefore sees the same
-    batches as an uninterrupted one (a plain RandomSampler draws from the global RNG,
-    whose state a checkpoint does not restore)."""
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Evaluation sampler for DDP that gives every sample to exactly one rank.
-
-    torch's DistributedSampler pads the dataset with repeated samples so all ranks get the
-    same count; those duplicates would be counted twice in metrics summed over ranks.
-    Here rank r takes samples r, r + world, r + 2 world, ...; ranks may differ by one
-    sample, which evaluation tolerates (no gradient synchronisation).
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.total_size = len(dataset)
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, self.total_size, self.num_replicas))
