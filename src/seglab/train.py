@@ -33,6 +33,7 @@ from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
 from seglab.modules import build_module
 from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
+from seglab.tensorboard import log_hparams
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +63,6 @@ def _sync_data_config(cfg: DictConfig, datamodule: SeglabDataModule) -> None:
     with open_dict(cfg):
         cfg.data.class_names = list(datamodule.class_names)
         cfg.data.num_classes = datamodule.num_classes
-
-
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
-    """Record the composed config with the run's final metrics, for TensorBoard's HParams
-    tab to compare the runs of a sweep. The metrics get their own `final/` names: logged
-    under their usual names they would add a stray point at step 0 to every curve."""
-    params = OmegaConf.to_container(cfg, resolve=True)
-    params.pop("paths", None)
-    summary = {
-        f"final/{name.replace('/', '_')}": value
-        for name, value in metrics.items()
-        if value is not None
-        and (name.startswith("best/") or name.startswith("test/"))
-        and "/IoU/" not in name
-        and "/Acc/" not in name
-    }
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=summary)
-        else:
-            logger.log_hyperparams(params)
 
 
 # ckpt_path values Lightning resolves itself (not files).
@@ -233,7 +213,7 @@ def _fit_and_test(
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         metrics.update({name: json_value(v) for name, v in results[0].items()})
 
-    _log_hparams(trainer, cfg, metrics)
+    log_hparams(trainer, cfg, metrics)
     if trainer.is_global_zero:
         summary = {
             "optimized_metric": cfg.optimized_metric,
