@@ -3,6 +3,7 @@ files change, shared by loader workers and DDP ranks, and a damaged cache named.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -417,9 +418,13 @@ def test_large_splits_decode_in_worker_processes(kind, tmp_path, monkeypatch, de
     parallel = ready(kind.make(tmp_path / "data", cache="memory"))
     assert decoded_files == []  # not decoded in this process
     assert_equal(items(parallel.val_set), expected)
-    # An unreadable file found by a worker is the same one-line error.
+    # An unreadable file found by a worker is the same one-line error: a PNG cut in the
+    # middle with its IEND put back, which the header scan lets through.
     broken = next((tmp_path / "data").rglob("*.jpg"))
-    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    buffer = io.BytesIO()
+    Image.open(broken).save(buffer, "PNG")
+    data = buffer.getvalue()
+    broken.write_bytes(data[: len(data) // 2] + data[-12:])
     with pytest.raises(SeglabError, match=rf"^cannot read image {re.escape(str(broken))} "):
         ready(kind.make(tmp_path / "data", cache="memory"))
 

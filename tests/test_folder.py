@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -271,9 +273,29 @@ def test_list_file_with_unknown_name(tmp_path):
         datamodule(root)
 
 
+def cut_keeping_the_end(path: Path) -> None:
+    """Rewrite the image at `path` as a PNG cut in the middle with its IEND chunk put
+    back: the header and end look whole, only decoding finds it truncated."""
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, "PNG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2] + data[-12:])
+
+
 def test_corrupt_image_is_named_with_its_split(tmp_path):
     root = subfolder_dataset(tmp_path)
     (root / "images" / "train" / "b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "images" / "test" / "f.png").write_bytes(b"garbage")
+    # The header scan of setup() names both, with and without a cache.
+    for cache in ("memory", "none"):
+        with pytest.raises(SeglabError, match=r"^2 files of data.root=.* fail the header") as err:
+            datamodule(root, cache=cache)
+        assert re.search(r"cannot read image .*train/b.jpg \(train split\)", str(err.value))
+        assert re.search(r"cannot read image .*test/f.png \(test split\)", str(err.value))
+
+    # A file whose header and end look whole is found when it is decoded.
+    root = subfolder_dataset(tmp_path / "cut")
+    cut_keeping_the_end(root / "images" / "train" / "b.jpg")
     # With a cache it is read while the cache is built, in setup().
     with pytest.raises(SeglabError, match=r"cannot read image .*train/b.jpg \(train split\)"):
         datamodule(root, cache="memory")
@@ -284,16 +306,18 @@ def test_corrupt_image_is_named_with_its_split(tmp_path):
     dm.train_set.pairs, dm.batch_size = dm.train_set.pairs[:2], 2  # one batch holds b.jpg
     with pytest.raises(SeglabError, match=r"cannot read image .*b.jpg"):
         next(iter(dm.train_dataloader()))
-    # Val/test image headers are read in setup(), for the split's pad size.
-    (root / "images" / "test" / "f.png").write_bytes(b"garbage")
-    with pytest.raises(SeglabError, match=r"cannot read image .*test/f.png \(test split\)"):
-        datamodule(root, cache="none")
 
 
 def test_truncated_mask_is_named_with_its_split(tmp_path):
     root = subfolder_dataset(tmp_path)
     path = root / "masks" / "val" / "d.png"
-    path.write_bytes(path.read_bytes()[:60])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:60])
+    for cache in ("memory", "none"):  # the header scan finds it either way
+        with pytest.raises(SeglabError, match=r"cannot read mask .*val/d.png \(val split\)"):
+            datamodule(root, cache=cache)
+    path.write_bytes(whole)
+    cut_keeping_the_end(path)
     with pytest.raises(SeglabError, match=r"cannot read mask .*val/d.png \(val split\)"):
         datamodule(root, cache="memory")
     dm = datamodule(root, cache="none")
@@ -317,17 +341,23 @@ def test_mask_value_beyond_the_classes(tmp_path):
 def test_rgb_mask_without_palette(tmp_path):
     root = subfolder_dataset(tmp_path)
     Image.new("RGB", (56, 40)).save(root / "masks" / "train" / "a.png")
-    with pytest.raises(SeglabError, match=r"mask .*train/a.png .* is a RGB image.*data.palette"):
-        datamodule(root).train_set[0]
+    message = r"mask .*train/a.png .* is a RGB image.*data.palette"
+    with pytest.raises(SeglabError, match=message):
+        datamodule(root)  # the header scan
+    dm = FolderDataModule(root, CLASSES, 3, crop_size=32)
+    with pytest.raises(SeglabError, match=message):  # decoding, without the scan
+        dm.check_splits()[0]["train"][0]
 
 
 def test_image_and_mask_sizes_differ(tmp_path):
     root = subfolder_dataset(tmp_path)
     Image.new("L", (50, 40)).save(root / "masks" / "val" / "e.png")
-    with pytest.raises(
-        SeglabError, match=r"image .*val/e.jpg is 56x40 but its mask .*e.png is 50x40"
-    ):
-        datamodule(root).val_set[1]
+    message = r"image .*val/e.jpg is 56x40 but its mask .*e.png is 50x40"
+    with pytest.raises(SeglabError, match=message):
+        datamodule(root)  # the header scan
+    dm = FolderDataModule(root, CLASSES, 3, crop_size=32)
+    with pytest.raises(SeglabError, match=message):  # decoding, without the scan
+        dm.check_splits()[0]["val"][1]
 
 
 @pytest.mark.parametrize(

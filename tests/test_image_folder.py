@@ -230,6 +230,12 @@ def test_corrupt_file_is_named_with_its_split(tmp_path):
     bad = tmp_path / "train" / "bee" / "bad.jpg"
     whole = (tmp_path / "train" / "bee" / "bee_00.png").read_bytes()
     bad.write_bytes(whole[: len(whole) // 2])  # truncated
+    # The header scan of setup() finds it (no IEND chunk, and it does not decode).
+    for cache in ("none", "memory"):
+        with pytest.raises(SeglabError, match=r"^1 file of data.root=.* fails the header check"):
+            datamodule(tmp_path, val_ratio=0.01, cache=cache)
+    # Cut in the middle with its IEND put back: found only when decoded.
+    bad.write_bytes(whole[: len(whole) // 2] + whole[-12:])
     # Without a cache the file is read when it is sampled.
     dm = datamodule(tmp_path, val_ratio=0.01, cache="none")  # one val image per class
     split, index = next(

@@ -1,5 +1,6 @@
-"""What every seglab datamodule shares: class metadata, validated once, the `Problems`
-that listing its files reports to, and loaders."""
+"""What every seglab datamodule shares: class metadata, validated once, the fold of
+cross-validation it trains on, the `Problems` that listing its files reports to, and
+loaders."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seglab.data.samplers import loader_sampler
+from seglab.data.splits import check_folds, fold_split
 from seglab.errors import SeglabError
 from seglab.sizes import size_pair
+
+log = logging.getLogger(__name__)
 
 Task = Literal["segmentation", "classification"]
 SPLITS = ("train", "val", "test")
@@ -35,6 +39,10 @@ class SeglabDataModule(L.LightningDataModule):
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
             num_workers None picks a count (`loader_workers`), pin_memory None pins host
             memory when CUDA is available, persistent_workers applies with workers only.
+        folds: None trains and validates on the dataset's own splits; K >= 2 pools the
+            train and val samples, deals them into K seeded folds (`seglab.data.splits`)
+            and validates on fold `fold`, training on the others; the test split stays.
+        fold: the fold that validates, in [0, folds).
     """
 
     task: ClassVar[Task]
@@ -54,8 +62,11 @@ class SeglabDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
+        self.folds, self.fold = check_folds(folds, fold)
         class_names = list(class_names)
         if num_classes != len(class_names):
             raise SeglabError(
@@ -123,6 +134,27 @@ class SeglabDataModule(L.LightningDataModule):
             if dataset is not None and all(dataset is not d for d in datasets.values()):
                 datasets[split] = dataset
         return datasets, []
+
+    def fold_indices(
+        self,
+        names: Sequence[str],
+        seed: int,
+        *,
+        labels: Sequence[int] | np.ndarray | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices `(train, val)` of this run's fold among the pooled train and val
+        samples named `names` (see `seglab.data.splits.kfold`), each ascending."""
+        assert self.folds is not None, "fold_indices needs data.folds"
+        train, val = fold_split(names, self.folds, self.fold, seed, labels=labels, groups=groups)
+        log.info(
+            "cross-validation: fold %d of %d validates on %d samples, %d train",
+            self.fold,
+            self.folds,
+            len(val),
+            len(train),
+        )
+        return train, val
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer; (1, 0) without one."""

@@ -238,13 +238,24 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _place(cache_dir: Path, source: Source) -> tuple[Path, Path, str]:
+    """(entry folder of `source`'s settings, folder of its files, files fingerprint)."""
+    entry = cache_dir / f"{source.name}-{_digest([FORMAT, source.settings])[:12]}"
+    fingerprint = _digest(source.files)
+    return entry, entry / fingerprint[:16], fingerprint
+
+
+def is_built(cache_dir: Path, source: Source) -> bool:
+    """Whether `on_disk` finds `source`'s cache built, for these very files: then every
+    file was decoded once already, and decodes nothing now."""
+    return _place(cache_dir, source)[1].is_dir()
+
+
 def on_disk(cache_dir: Path, source: Source, build: Build) -> Store:
     """The store of `source` mapped from `cache_dir`, built there first when missing or
     stale. Safe to call from several processes at once: each builds into a folder of
     its own and renames it into place; a later rename finds it there and is dropped."""
-    entry = cache_dir / f"{source.name}-{_digest([FORMAT, source.settings])[:12]}"
-    fingerprint = _digest(source.files)
-    folder = entry / fingerprint[:16]
+    entry, folder, fingerprint = _place(cache_dir, source)
     if folder.is_dir():
         store = _open(folder, fingerprint)
         log.info("data cache %s: %d samples, nothing to decode", folder, len(store))

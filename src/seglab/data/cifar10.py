@@ -20,7 +20,10 @@ builds numpy arrays and nothing else, so a tampered file cannot run code.
 
 `val_size` training images are held out for validation, the same number of each class
 (up to rounding), drawn by `seglab.data.splits.stratified_split` with `split_seed`;
-`val_size: 0` validates on the test batch, as the Keras CIFAR-10 tutorial does.
+`val_size: 0` validates on the test batch, as the Keras CIFAR-10 tutorial does. With
+`folds`, all training images are dealt into folds stratified by class (`val_size` is not
+used; an image is named by its index in data_batch_1 to data_batch_5 read in order) and
+the test batch stays.
 
 The splits are held as uint8 arrays (resized once when `image_size` is not 32) and read
 as `seglab.data.cache` says: with `cache` memory or disk (memory-mapped, written once,
@@ -204,6 +207,8 @@ class CIFAR10DataModule(SeglabDataModule):
             `seglab.data.cache`); auto is memory when the splits fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        folds, fold: cross-validation on all training images, folds stratified by class
+            and seeded by `split_seed` (see `SeglabDataModule`); `val_size` is not used.
     """
 
     task = "classification"
@@ -226,6 +231,8 @@ class CIFAR10DataModule(SeglabDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -236,6 +243,8 @@ class CIFAR10DataModule(SeglabDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            folds=folds,
+            fold=fold,
         )
         if val_size < 0:
             raise SeglabError(f"data.val_size={val_size} must be >= 0 (0: validate on test)")
@@ -316,7 +325,12 @@ class CIFAR10DataModule(SeglabDataModule):
             on_error(err)
         raw: Raw = {}
         train = self._read_files(TRAIN_BATCHES, on_error)
-        if train is not None:
+        if train is not None and self.folds is not None:
+            images, labels = train
+            names = [f"{i:06d}" for i in range(len(labels))]
+            kept, held = self.fold_indices(names, self.split_seed, labels=labels.numpy())
+            raw["train"], raw["val"] = (images[kept], labels[kept]), (images[held], labels[held])
+        elif train is not None:
             images, labels = train
             if self.val_size >= len(labels):
                 raise SeglabError(
@@ -332,13 +346,14 @@ class CIFAR10DataModule(SeglabDataModule):
         test = self._read_files(TEST_BATCHES, on_error)
         if test is not None:
             raw["test"] = test
-            if self.val_size == 0:
+            if "val" not in raw and self.val_size == 0:
                 raw["val"] = test
         return raw
 
     def _splits(self) -> tuple[str, ...]:
         """The splits held apart: val only when it is not the test batch."""
-        return ("train", "val", "test") if self.val_size > 0 else ("train", "test")
+        separate = self.val_size > 0 or self.folds is not None
+        return ("train", "val", "test") if separate else ("train", "test")
 
     def _build(self, images: torch.Tensor, labels: torch.Tensor) -> Build:
         """Build of a cached split: the images resized to `image_size` when that is not
@@ -389,6 +404,8 @@ class CIFAR10DataModule(SeglabDataModule):
                 "split_seed": self.split_seed,
                 "image_size": list(self.input_size),
             }
+            if self.folds is not None:
+                settings["fold"] = [self.folds, self.fold]
             source = Source(f"{FOLDER}-{split}", settings, files)
             stores[split] = on_disk(self.cache_dir, source, build(split))
         return stores

@@ -120,6 +120,9 @@ class CityscapesDataModule(ImageMaskDataModule):
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        split_seed: seeds the folds of cross-validation (the splits are the dataset's).
+        folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
+            folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
     """
 
     no_test_reason = "test_split=val (the public Cityscapes test masks carry no labels)"
@@ -142,6 +145,10 @@ class CityscapesDataModule(ImageMaskDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        group_pattern: str | None = None,
     ) -> None:
         check_class_names(class_names, CITYSCAPES_CLASSES, "Cityscapes")
         super().__init__(
@@ -160,6 +167,10 @@ class CityscapesDataModule(ImageMaskDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            split_seed=split_seed,
+            folds=folds,
+            fold=fold,
+            group_pattern=group_pattern,
             label_map=label_map(ignore_index),
             value_fix=(
                 f"Cityscapes masks hold label IDs 0-{MAX_LABEL_ID}; read *{MASK_SUFFIX} files "

@@ -11,7 +11,9 @@ paired by file name stem. The splits come from, in this order of preference:
     root/{train,val,test}.txt                                         one stem per line
     a seeded shuffle of all pairs by `split_ratios`                   neither of the above
 
-A missing or empty test split reuses val. Masks hold class indices (8-bit PNG, mode L or
+A missing or empty test split reuses val. With `folds`, train and val are pooled into
+seeded folds (`split_seed`), whole `group_pattern` groups each (see
+`seglab.data.image_mask`). Masks hold class indices (8-bit PNG, mode L or
 P, the pixel value is the label) or, with `palette`, one RGB colour per class; colours
 outside the palette become `ignore_index`. `label_map` then renumbers labels, e.g.
 `{3: 255}` to ignore class 3 (decoding: `seglab.data.masks`). Training and evaluation
@@ -177,7 +179,7 @@ class FolderDataModule(ImageMaskDataModule):
             colour-coded masks; it also colours predictions and overlays.
         label_map: `{old: new}` label renumbering after decoding; new may be ignore_index.
         split_ratios: [train, val, test] fractions when the folder defines no splits.
-        split_seed: seeds that shuffle.
+        split_seed: seeds that shuffle, and the folds.
         crop_size: side of the square training crops, and the model's `input_size`.
         scale_range: [min, max] random scale factor, relative to fitting the crop.
         hflip: probability of a horizontal flip in training.
@@ -189,6 +191,8 @@ class FolderDataModule(ImageMaskDataModule):
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
+            folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
     """
 
     def __init__(
@@ -212,6 +216,9 @@ class FolderDataModule(ImageMaskDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
+        group_pattern: str | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -229,11 +236,14 @@ class FolderDataModule(ImageMaskDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            split_seed=split_seed,
+            folds=folds,
+            fold=fold,
+            group_pattern=group_pattern,
             mask_palette=palette,
             label_map=label_map,
         )
         self.split_ratios = [float(r) for r in split_ratios]
-        self.split_seed = split_seed
 
     def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
         return find_splits(self.root, self.split_ratios, self.split_seed, problems)

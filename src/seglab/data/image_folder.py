@@ -19,9 +19,15 @@ not kept); training adds a random crop of the zero-padded image and a horizontal
 once, into one uint8 array per split, and training batches are cropped and flipped on the
 training device (`ClassificationBatchAugment`); without, every read decodes.
 
-An unreadable image raises SeglabError naming it and its split (with a cache: while the
-cache is built); with `skip_corrupt` it is left out with a warning instead (without a
-cache: dropped from its batch, the count logged as `<stage>/skipped_files`).
+`setup()` reads every image's header first (`seglab.data.headers`; skipped when a disk
+cache is built for these files): files that are no whole image stop the run there, all
+named in one error. An image that still cannot be decoded later raises SeglabError naming
+it and its split (with a cache: while the cache is built). With `skip_corrupt` both are
+warnings instead and the image is left out (without a cache: dropped from its batch, the
+count logged as `<stage>/skipped_files`).
+
+With `folds`, train and val images are pooled and dealt into folds stratified by class,
+each image named by its path relative to `root`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
 
-from seglab.data.base import Problems, SeglabDataModule
+from seglab.data.base import Problems, SeglabDataModule, examples
 from seglab.data.batch_augment import ClassificationBatchAugment
 from seglab.data.cache import (
     CachedClassification,
@@ -50,11 +56,13 @@ from seglab.data.cache import (
     file_stats,
     fitting,
     in_memory,
+    is_built,
     on_disk,
     pass_through,
     resolve,
     trainer_stage,
 )
+from seglab.data.headers import raise_all, read_headers
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.data.splits import stratified_split
 from seglab.data.transforms import ImageTransform, classification_transform
@@ -355,6 +363,9 @@ class ImageFolderDataModule(SeglabDataModule):
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        folds, fold: cross-validation on the pooled train and val images, folds
+            stratified by class and seeded by `split_seed` (see `SeglabDataModule`); the
+            test split stays, and without test/ testing uses the fold's val split.
     """
 
     task = "classification"
@@ -380,6 +391,8 @@ class ImageFolderDataModule(SeglabDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         self.root = Path(root).expanduser()
         class_names, num_classes = _classes(self.root, class_names, num_classes, check=False)
@@ -392,6 +405,8 @@ class ImageFolderDataModule(SeglabDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            folds=folds,
+            fold=fold,
         )
         if not 0 < val_ratio < 1:
             raise SeglabError(f"data.val_ratio must be in (0, 1); got {val_ratio}")
@@ -420,35 +435,86 @@ class ImageFolderDataModule(SeglabDataModule):
         self.cache_dir = cache_root(cache_dir)
 
     def _splits(self) -> dict[str, list[Sample]]:
-        """The samples of each split; test left out when it is the val split."""
+        """The samples of each split, this run's fold with `folds`; test left out when it
+        is the val split."""
         _classes(self.root, self.class_names, self.num_classes)  # names given in the config
         splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed)
         if splits["test"] is splits["val"]:
             del splits["test"]
+        if self.folds is not None:
+            pool = splits["train"] + splits["val"]
+            names = [Path(path).relative_to(self.root).as_posix() for path, _ in pool]
+            train, val = self.fold_indices(
+                names, self.split_seed, labels=[label for _, label in pool]
+            )
+            splits["train"], splits["val"] = [pool[i] for i in train], [pool[i] for i in val]
         return splits
 
-    def _store(self, split: str, samples: list[Sample], mode: str) -> Store:
+    def _scan(self, splits: dict[str, list[Sample]]) -> None:
+        """Read the header of every image of `splits` (`seglab.data.headers`): files that
+        are no whole image raise one error naming them all, or with `skip_corrupt` one
+        warning (the loader or cache then leaves them out as they fail to decode)."""
+        samples = [(split, path) for split, items in splits.items() for path, _ in items]
+        headers = read_headers([path for _, path in samples])
+        bad = [(split, path, h.error) for (split, path), h in zip(samples, headers, strict=True)]
+        bad = [(split, path, error) for split, path, error in bad if error is not None]
+        if self.skip_corrupt:
+            if bad:
+                log.warning(
+                    "%d images are unreadable and will be skipped (data.skip_corrupt): %s",
+                    len(bad),
+                    examples([path for _, path, _ in bad], limit=len(bad)),
+                )
+            return
+        raise_all(
+            [
+                f"cannot read image {path} ({split} split): {error}; replace or remove the file"
+                for split, path, error in bad
+            ],
+            [path for _, path, _ in bad],
+            f"data.root={self.root}",
+            "replace or remove them, or set data.skip_corrupt=true to skip unreadable images",
+        )
+
+    def _source(self, split: str, samples: list[Sample]) -> Source:
+        """What the disk cache of one split is decoded from."""
+        settings = {
+            "dataset": "image_folder",
+            "root": str(self.root.resolve()),
+            "split": split,
+            "class_names": self.class_names,
+            "image_size": list(self.input_size),
+            "skip_corrupt": self.skip_corrupt,
+        }
+        if self.folds is not None:  # each fold's splits cached apart, not evicting others
+            settings["fold"] = [self.folds, self.fold, self.split_seed]
+        files = file_stats(path for path, _ in samples)
+        return Source(f"{self.root.name}-{split}", settings, files)
+
+    def _scanned(self, splits: dict[str, list[Sample]]) -> dict[str, Source] | None:
+        """Scan the headers of `splits` unless their disk cache is built; the caches'
+        sources with `cache="disk"`, else None."""
+        sources = None
+        if self.cache == "disk":
+            sources = {split: self._source(split, samples) for split, samples in splits.items()}
+            if all(is_built(self.cache_dir, source) for source in sources.values()):
+                return sources
+        self._scan(splits)
+        return sources
+
+    def _store(
+        self, split: str, samples: list[Sample], mode: str, source: Source | None = None
+    ) -> Store:
         """The decoded images of one split, resized to `image_size` (as the first step of
         `classification_transform`), from the cache of `mode` ("memory" or "disk")."""
         resize = v2.Resize(self.input_size, antialias=True)
-        source = ImageFolderClassification(samples, split, resize, self.skip_corrupt)
+        dataset = ImageFolderClassification(samples, split, resize, self.skip_corrupt)
         labels = [label for _, label in samples]
-        build = build_classification(source, labels, self.input_size, f"caching {split}")
+        build = build_classification(dataset, labels, self.input_size, f"caching {split}")
         if mode == "memory":
             store = in_memory(build)
         else:
-            settings = {
-                "dataset": "image_folder",
-                "root": str(self.root.resolve()),
-                "split": split,
-                "class_names": self.class_names,
-                "image_size": list(self.input_size),
-                "skip_corrupt": self.skip_corrupt,
-            }
-            files = file_stats(path for path, _ in samples)
-            store = on_disk(
-                self.cache_dir, Source(f"{self.root.name}-{split}", settings, files), build
-            )
+            store = on_disk(self.cache_dir, source or self._source(split, samples), build)
         skipped = [samples[i][0] for i in store.extra.get("skipped", [])]
         if skipped:
             log.warning(
@@ -467,8 +533,9 @@ class ImageFolderDataModule(SeglabDataModule):
             splits = self._splits()
             if not fitting(trainer_stage(getattr(self, "trainer", None))):
                 del splits["train"]
+            sources = self._scanned(splits)
             for split, samples in splits.items():
-                self._store(split, samples, "disk")
+                self._store(split, samples, "disk", sources[split])
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
@@ -478,6 +545,7 @@ class ImageFolderDataModule(SeglabDataModule):
         splits = self._splits()
         if not fitting(stage):
             del splits["train"]
+        sources = self._scanned(splits)
         count = sum(len(samples) for samples in splits.values())
         height, width = self.input_size
         mode = resolve(
@@ -498,7 +566,8 @@ class ImageFolderDataModule(SeglabDataModule):
                 self.input_size, self.mean, self.std, train=False, resize=False
             )
             for split, samples in splits.items():
-                store = self._store(split, samples, mode)
+                source = sources[split] if sources is not None and mode == "disk" else None
+                store = self._store(split, samples, mode, source)
                 sets[split] = CachedClassification(store, None if split == "train" else evaluate)
             self.collate_fn = pass_through
             self.train_batch_transform = ClassificationBatchAugment(

@@ -12,6 +12,12 @@ padded (mask: `ignore_index`) to the split's largest size, rounded up to a multi
 uint8 pairs and the same augmentation runs on whole batches on the training device
 (`SegmentationBatchAugment`); validation and test samples read the cache and are
 transformed as without it.
+
+`setup()` reads every file's header first (`seglab.data.headers`) and stops on any file
+that is no whole image, a mask of a mode the decoding cannot read, or an image and mask
+of different sizes, naming them all at once; a disk cache already built for these files
+skips it. With `folds`, train and val are pooled and dealt into folds by image (or by
+`group_pattern` group), each named by its image's path relative to `root`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from seglab.data.cache import (
     file_stats,
     fitting,
     in_memory,
+    is_built,
     on_disk,
     pass_through,
     resolve,
@@ -47,19 +54,30 @@ from seglab.data.cache import (
     segmentation_sizes,
     trainer_stage,
 )
+from seglab.data.headers import Header, raise_all, read_headers
 from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
 from seglab.data.masks import MaskDecoder, check_label_map, check_palette
 from seglab.data.pairs import Pair
+from seglab.data.splits import check_group_pattern, file_groups
 from seglab.data.transforms import Transform, eval_transform, pad_to, train_transform
 from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
 
 
-def _unreadable(kind: str, path: Path, split: str, err: BaseException) -> str:
+def _unreadable(kind: str, path: Path, split: str, err: BaseException | str) -> str:
     return (
         f"cannot read {kind} {path} ({split} split): {one_line(err)}; replace the file "
         "or remove it together with its image/mask"
+    )
+
+
+def _size_problem(image: Path, mask: Path, split: str, image_size, mask_size) -> str:
+    """The message for an image and mask of different sizes, (width, height) each."""
+    (width, height), (mask_width, mask_height) = image_size, mask_size
+    return (
+        f"image {image} is {width}x{height} but its mask {mask} is {mask_width}x"
+        f"{mask_height} (W x H, {split} split); a mask must have its image's size"
     )
 
 
@@ -71,21 +89,6 @@ def _read(path: Path, kind: str, split: str) -> Image.Image:
             return picture
     except PIL_ERRORS as err:
         raise SeglabError(_unreadable(kind, path, split, err)) from err
-
-
-def _size(path: Path, kind: str, split: str) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as picture:
-            width, height = picture.size
-    except PIL_ERRORS as err:
-        raise SeglabError(_unreadable(kind, path, split, err)) from err
-    return height, width
-
-
-def _sizes(pairs: Sequence[Pair], split: str) -> np.ndarray:
-    """(height, width) of every pair's image, from the headers: int64 [N, 2]."""
-    return np.array([_size(image, "image", split) for image, _ in pairs], np.int64).reshape(-1, 2)
 
 
 class ImageMaskSegmentation(Dataset):
@@ -131,9 +134,7 @@ class ImageMaskSegmentation(Dataset):
         height, width = image.shape[-2:]
         if (width, height) != mask.size:
             raise SeglabError(
-                f"image {image_path} is {width}x{height} but its mask {mask_path} "
-                f"is {mask.width}x{mask.height} (W x H, {self.split} split); a mask must have "
-                "its image's size"
+                _size_problem(image_path, mask_path, self.split, (width, height), mask.size)
             )
         labels = self.decoder(mask, mask_path, self.split)
         return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels))
@@ -229,6 +230,13 @@ class ImageMaskDataModule(SeglabDataModule):
         cache: "auto", "memory", "disk" or "none": decode every pair once (see
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
+        split_seed: seeds the folds (and a subclass's own seeded split).
+        folds, fold: cross-validation on the pooled train and val pairs (see
+            `SeglabDataModule`); the test split stays, and where there is none testing
+            uses the fold's val split.
+        group_pattern: with `folds`, a regular expression searched in each image's file
+            name; the images giving the same first group (or whole match) are one group
+            (a video, a patient) that no fold boundary splits. None: every image alone.
     """
 
     task = "segmentation"
@@ -256,6 +264,10 @@ class ImageMaskDataModule(SeglabDataModule):
         value_fix: str | None = None,
         cache: CacheMode = "auto",
         cache_dir: str | Path | None = None,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        group_pattern: str | None = None,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -266,7 +278,11 @@ class ImageMaskDataModule(SeglabDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            folds=folds,
+            fold=fold,
         )
+        self.split_seed = split_seed
+        self.group_pattern = check_group_pattern(group_pattern)
         if not 0 <= ignore_index <= 255:
             raise SeglabError(
                 f"data.ignore_index={ignore_index} does not fit an 8-bit mask; use a value in "
@@ -324,27 +340,37 @@ class ImageMaskDataModule(SeglabDataModule):
         return height, width
 
     def _splits(self) -> dict[str, list[Pair]]:
-        """The pairs of each split; "test" only where it is not the val split."""
+        """The pairs of each split, this run's fold with `folds`; "test" only where it is
+        not the val split."""
         splits = self.find_pairs(Problems(strict=True))
         for split in ("train", "val"):
             if not splits.get(split):  # find_pairs should have said why; a safety net
                 raise SeglabError(
                     f"{type(self).__name__} found no {split} pairs under data.root={self.root}"
                 )
+        if self.folds is not None:
+            splits["train"], splits["val"] = self._fold(splits["train"] + splits["val"])
         if not splits.get("test"):
             log.info("%s: %s; testing on the val split", self.root, self.no_test_reason)
         return {split: splits[split] for split in SPLITS if splits.get(split)}
 
-    def _store(
-        self, split: str, pairs: list[Pair], mode: str, sizes: Callable[[], np.ndarray]
-    ) -> Store:
-        """The decoded pairs of one split from the cache of `mode` ("memory" or "disk");
-        `sizes()` gives their (height, width) from the file headers, read only to build."""
-        source = ImageMaskSegmentation(pairs, split, self.decoder, as_decoded)
-        names = [f"image {image}" for image, _ in pairs]
-        build = build_segmentation(source, sizes, names, f"caching {split}")
-        if mode == "memory":
-            return in_memory(build)
+    def _fold(self, pool: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """(train, val) pairs of this run's fold of `pool`, each in the pool's order."""
+        images = [image for image, _ in pool]
+        names = [
+            image.relative_to(self.root).as_posix()
+            if image.is_relative_to(self.root)
+            else str(image)
+            for image in images
+        ]
+        groups = None
+        if self.group_pattern is not None:
+            groups = file_groups([image.name for image in images], self.group_pattern)
+        train, val = self.fold_indices(names, self.split_seed, groups=groups)
+        return [pool[i] for i in train], [pool[i] for i in val]
+
+    def _source(self, split: str, pairs: list[Pair]) -> Source:
+        """What the disk cache of one split is decoded from."""
         settings = {
             "dataset": type(self).__name__,
             "root": str(self.root.resolve()),
@@ -354,18 +380,98 @@ class ImageMaskDataModule(SeglabDataModule):
             "palette": self.mask_palette,
             "label_map": self.decoder.lut.tolist(),
         }
+        if self.folds is not None:  # each fold's splits cached apart, not evicting others
+            settings["fold"] = [self.folds, self.fold, self.split_seed]
         files = file_stats(path for pair in pairs for path in pair)
-        return on_disk(self.cache_dir, Source(f"{self.root.name}-{split}", settings, files), build)
+        return Source(f"{self.root.name}-{split}", settings, files)
+
+    def _store(
+        self,
+        split: str,
+        pairs: list[Pair],
+        mode: str,
+        sizes: Callable[[], np.ndarray],
+        source: Source | None = None,
+    ) -> Store:
+        """The decoded pairs of one split from the cache of `mode` ("memory" or "disk");
+        `sizes()` gives their (height, width) from the file headers, read only to build."""
+        dataset = ImageMaskSegmentation(pairs, split, self.decoder, as_decoded)
+        names = [f"image {image}" for image, _ in pairs]
+        build = build_segmentation(dataset, sizes, names, f"caching {split}")
+        if mode == "memory":
+            return in_memory(build)
+        return on_disk(self.cache_dir, source or self._source(split, pairs), build)
+
+    def _scan(self, splits: dict[str, list[Pair]]) -> dict[str, np.ndarray]:
+        """Read the header of every image and mask of `splits` (`seglab.data.headers`)
+        and raise one error naming every bad file.
+
+        Returns:
+            per split, the (height, width) of every image: int64 [N, 2].
+        """
+        paths = [path for pairs in splits.values() for pair in pairs for path in pair]
+        headers = iter(read_headers(paths))
+        found: list[tuple[Path, str]] = []
+        sizes: dict[str, np.ndarray] = {}
+        for split, pairs in splits.items():
+            sizes[split] = np.zeros((len(pairs), 2), np.int64)
+            for i, (image, mask) in enumerate(pairs):
+                image_header, mask_header = next(headers), next(headers)
+                found += self._pair_problems(image, mask, image_header, mask_header, split)
+                sizes[split][i] = image_header.height, image_header.width
+        raise_all(
+            [message for _, message in found],
+            [str(path) for path, _ in found],
+            f"data.root={self.root}",
+            "replace or remove them (each with its image or mask)",
+        )
+        return sizes
+
+    def _pair_problems(
+        self, image: Path, mask: Path, image_header: Header, mask_header: Header, split: str
+    ) -> list[tuple[Path, str]]:
+        """(file, message) of what the headers of one pair show wrong: a file that is no
+        whole image, a mask of a mode the decoding cannot read or saved as JPEG, an image
+        and mask of different sizes."""
+        found = []
+        if image_header.error is not None:
+            found.append((image, _unreadable("image", image, split, image_header.error)))
+        if mask_header.error is not None:
+            found.append((mask, _unreadable("mask", mask, split, mask_header.error)))
+        elif problem := self.decoder.mode_problem(mask_header.mode, mask, split):
+            found.append((mask, problem))
+        elif mask_header.format == "JPEG":
+            message = (
+                f"mask {mask} ({split} split) is a JPEG file, whose lossy compression blurs "
+                "the labels at edges; save masks as PNG"
+            )
+            found.append((mask, message))
+        image_size = (image_header.width, image_header.height)
+        mask_size = (mask_header.width, mask_header.height)
+        if not found and image_size != mask_size:
+            found.append((mask, _size_problem(image, mask, split, image_size, mask_size)))
+        return found
+
+    def _sources(self, splits: dict[str, list[Pair]]) -> dict[str, Source] | None:
+        """With `cache="disk"`, the cache source of each split; else None."""
+        if self.cache != "disk":
+            return None
+        return {split: self._source(split, pairs) for split, pairs in splits.items()}
 
     def prepare_data(self) -> None:
         """With `cache="disk"`, decode the splits into the disk cache unless it is up to
-        date; Lightning runs this in one process per node, before `setup()` in all."""
-        if self.cache == "disk":
-            splits = self._splits()
-            if not fitting(trainer_stage(getattr(self, "trainer", None))):
-                del splits["train"]
-            for split, pairs in splits.items():
-                self._store(split, pairs, "disk", lambda p=pairs, s=split: _sizes(p, s))
+        date (after the header scan); Lightning runs this in one process per node, before
+        `setup()` in all."""
+        if self.cache != "disk":
+            return
+        splits = self._splits()
+        if not fitting(trainer_stage(getattr(self, "trainer", None))):
+            del splits["train"]
+        sources = self._sources(splits)
+        built = all(is_built(self.cache_dir, source) for source in sources.values())
+        sizes = {} if built else self._scan(splits)
+        for split, pairs in splits.items():
+            self._store(split, pairs, "disk", lambda s=split: sizes[s], sources[split])
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
@@ -375,11 +481,13 @@ class ImageMaskDataModule(SeglabDataModule):
         splits = self._splits()
         if not fitting(stage):
             del splits["train"]
-        sizes: dict[str, np.ndarray] = {}
+        sources = self._sources(splits)
+        if sources is not None and all(is_built(self.cache_dir, s) for s in sources.values()):
+            sizes: dict[str, np.ndarray] = {}  # decoded before: the stores hold the sizes
+        else:
+            sizes = self._scan(splits)
 
         def split_sizes(split: str) -> np.ndarray:
-            if split not in sizes:
-                sizes[split] = _sizes(splits[split], split)
             return sizes[split]
 
         def nbytes() -> int:
@@ -406,7 +514,8 @@ class ImageMaskDataModule(SeglabDataModule):
                 )
         else:
             for split, pairs in splits.items():
-                store = self._store(split, pairs, mode, lambda s=split: split_sizes(s))
+                source = sources[split] if sources is not None and mode == "disk" else None
+                store = self._store(split, pairs, mode, lambda s=split: split_sizes(s), source)
                 evaluate = split != "train"
                 sets[split] = CachedSegmentation(
                     store,

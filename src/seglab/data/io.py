@@ -7,6 +7,7 @@ torchvision's ImageFolder does not.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from seglab.errors import one_line
 # The image files seglab reads (compared lower-case): training data and predict inputs alike.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# PIL's ways of failing on a file that is not a (whole) image.
-PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# PIL's ways of failing on a file that is not a (whole) image (struct.error: some
+# truncated PNG files, read past their end).
+PIL_ERRORS = (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
 
 
 class UnreadableImage(OSError):

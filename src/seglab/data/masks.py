@@ -60,13 +60,20 @@ class MaskDecoder:
         known = self.codes[slot] == codes
         return np.where(known, self.code_labels[slot], self.ignore_index).astype(np.uint8)
 
+    def mode_problem(self, mode: str, path: Path, split: str) -> str | None:
+        """Why a mask of PIL `mode` cannot be decoded, or None: class-index masks need an
+        index mode (colour-coded masks, with `palette`, may have any)."""
+        if self.palette is not None or mode in _INDEX_MODES:
+            return None
+        return (
+            f"mask {path} ({split} split) is a {mode} image; save class-index masks "
+            "(mode L or P, pixel value = class) or, for colour-coded masks, set "
+            "data.palette to one [r, g, b] per class"
+        )
+
     def _decode_indices(self, mask: Image.Image, path: Path, split: str) -> np.ndarray:
-        if mask.mode not in _INDEX_MODES:
-            raise SeglabError(
-                f"mask {path} ({split} split) is a {mask.mode} image; save class-index masks "
-                "(mode L or P, pixel value = class) or, for colour-coded masks, set "
-                "data.palette to one [r, g, b] per class"
-            )
+        if (problem := self.mode_problem(mask.mode, path, split)) is not None:
+            raise SeglabError(problem)
         labels = np.asarray(mask)
         if labels.dtype != np.uint8 and labels.dtype != np.bool_ and labels.max() > 255:
             raise SeglabError(

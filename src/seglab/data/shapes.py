@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from seglab.data.base import SeglabDataModule, to_input
 from seglab.errors import SeglabError
@@ -183,16 +183,38 @@ def _check_shape_names(names: Sequence[str], what: str) -> list[str]:
 
 
 class _ShapesDataModule(SeglabDataModule):
-    """Builds each split once, on first `setup()`, with `_make_split`."""
+    """Builds each split once, on first `setup()`, with `_make_split`; with `folds`, the
+    train and val scenes pooled and dealt into folds (named "train/<i>", "val/<i>",
+    seeded by `seed`)."""
 
     mean, std = MEAN, STD
 
     split_sizes: dict[str, int]
+    seed: int
 
     def _make_split(self, split: str, length: int) -> Dataset:
         raise NotImplementedError
 
+    def _labels(self, dataset: Dataset) -> np.ndarray | None:
+        """The class of each sample, to stratify folds by; None: not stratified."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
+        if self.folds is not None and self.train_set is None:
+            parts = {
+                split: self._make_split(split, self.split_sizes[split])
+                for split in ("train", "val")
+            }
+            names = [f"{split}/{i}" for split, part in parts.items() for i in range(len(part))]
+            labels = [self._labels(part) for part in parts.values()]
+            train, val = self.fold_indices(
+                names, self.seed, labels=None if labels[0] is None else np.concatenate(labels)
+            )
+            pooled = ConcatDataset(list(parts.values()))
+            self.train_set, self.val_set = (
+                Subset(pooled, train.tolist()),
+                Subset(pooled, val.tolist()),
+            )
         for split, length in self.split_sizes.items():
             if getattr(self, f"{split}_set") is None:
                 setattr(self, f"{split}_set", self._make_split(split, length))
@@ -207,7 +229,9 @@ class ShapesDataModule(_ShapesDataModule):
         image_size: height and width (or one int for square scenes).
         max_shapes: each scene holds 1 to `max_shapes` shapes, which may overlap.
         num_train, num_val, num_test: scenes per split.
-        seed: seeds the scenes (independently of the training seed).
+        seed: seeds the scenes, and the folds (independently of the training seed).
+        folds, fold: cross-validation on the pooled train and val scenes (see
+            `SeglabDataModule`).
         Other arguments: see `SeglabDataModule`.
     """
 
@@ -228,6 +252,8 @@ class ShapesDataModule(_ShapesDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -238,6 +264,8 @@ class ShapesDataModule(_ShapesDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            folds=folds,
+            fold=fold,
         )
         if self.class_names[0] != BACKGROUND:
             raise SeglabError(
@@ -261,6 +289,8 @@ class ShapesClassificationDataModule(_ShapesDataModule):
         class_names: the shapes to draw (a subset of ellipse, rectangle, triangle).
         image_size: height and width (the plain CNN's classic input is 32x32).
         num_train, num_val, num_test, seed: as for `ShapesDataModule`.
+        folds, fold: cross-validation on the pooled train and val images, stratified by
+            shape (see `SeglabDataModule`).
         ignore_index: kept for the common interface; -100 (CrossEntropyLoss's default)
             since every image has a label.
     """
@@ -281,6 +311,8 @@ class ShapesClassificationDataModule(_ShapesDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -291,6 +323,8 @@ class ShapesClassificationDataModule(_ShapesDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            folds=folds,
+            fold=fold,
         )
         self.shapes = _check_shape_names(self.class_names, "data.class_names")
         self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}
@@ -298,3 +332,6 @@ class ShapesClassificationDataModule(_ShapesDataModule):
 
     def _make_split(self, split: str, length: int) -> Dataset:
         return ShapesClassification(split, length, self.input_size, self.shapes, self.seed)
+
+    def _labels(self, dataset: Dataset) -> np.ndarray | None:
+        return dataset.labels  # type: ignore[attr-defined]

@@ -84,6 +84,9 @@ class VOCDataModule(ImageMaskDataModule):
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        split_seed: seeds the folds of cross-validation (the splits are the dataset's).
+        folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
+            folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
     """
 
     no_test_reason = "Pascal VOC has no public test masks"
@@ -109,6 +112,10 @@ class VOCDataModule(ImageMaskDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
+        group_pattern: str | None = None,
     ) -> None:
         check_class_names(class_names, VOC_CLASSES, "Pascal VOC")
         super().__init__(
@@ -127,6 +134,10 @@ class VOCDataModule(ImageMaskDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            split_seed=split_seed,
+            folds=folds,
+            fold=fold,
+            group_pattern=group_pattern,
             # Index masks; only a different ignore_index needs VOC's void renumbered.
             label_map={VOC_VOID: ignore_index} if ignore_index != VOC_VOID else None,
             value_fix=(
