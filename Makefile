@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 CKPT ?=
+RUN ?=
 SWEEP ?=
 STORAGE ?=
 
-.PHONY: install train eval check-data sweep dashboard test test-slow test-all bench tensorboard lint format clean
+.PHONY: install train eval check-data report sweep dashboard test test-slow test-all bench tensorboard lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ test-slow: $(STAMP)  ## only the slow tests (multi-process DDP, sweeps)
 
 test-all: $(STAMP)  ## every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
+
+report: $(STAMP)  ## HTML report of a run or sweep: make report RUN=outputs/train/runs/<time> (or a multirun dir)
+	@test -n "$(RUN)" || { echo "usage: make report RUN=outputs/train/runs/<time> | outputs/train/multirun/<time>"; exit 2; }
+	$(PY) -m seglab.report $(RUN) $(ARGS)
 
 sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time); ARGS="hydra.sweeper.pruner=median ..."
 	$(PY) -m seglab.train -m hparams_search=shapes_optuna hydra/launcher=joblib \
