@@ -23,6 +23,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "trainer.enable_model_summary=false",
+    "report=false",
 ]
 
 
@@ -33,6 +34,7 @@ FAST_DEV_RUN = [
     "trainer.devices=1",
     "trainer.enable_model_summary=false",
     "logger=none",
+    "report=false",
 ]
 
 

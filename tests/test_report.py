@@ -394,3 +394,11 @@ def test_sample_grid_takes_images_of_different_sizes():
     padding = 4
     assert grid.size == (3 * TILE_SIZE + 4 * padding, 2 * TILE_SIZE + 3 * padding)
     assert _varied(grid.convert("RGB"))
+
+
+def test_train_writes_the_runs_report_by_default(make_cfg, tmp_path):
+    from seglab.train import train
+
+    metrics = train(make_cfg("report=true", "trainer.max_epochs=1", output_dir=tmp_path))
+    page = (tmp_path / "report.html").read_text()
+    assert "finished" in page and f"{metrics['test/mIoU']:.4f}" in page

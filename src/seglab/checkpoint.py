@@ -109,13 +109,40 @@ class RunRecord(L.Callback):
         self.info = run_info(config.get("seed"))
         # How the run stands (status, ended, error): in run_info.json, not in checkpoints.
         self.state: dict[str, str] = {}
+        self.previous: dict[str, Any] | None = None  # run_info.json of an earlier start
         self._written = False
 
     @rank_zero_only
     def start(self) -> None:
         """Record the run as running (before anything is built: a run that fails while
-        building data or model is recorded too)."""
+        building data or model is recorded too). A run directory that already holds a
+        run (a restart) keeps that run's start time and list of restarts."""
+        previous = self.output_dir / "run_info.json"
+        if previous.is_file():
+            try:
+                self.previous = json.loads(previous.read_text())
+            except (OSError, ValueError):
+                self.previous = None
+        if self.previous:
+            self.info["started"] = self.previous.get("started", self.info["started"])
+            self.info["restarts"] = list(self.previous.get("restarts", []))
         self.state = {"status": "running"}
+        self._write()
+
+    @rank_zero_only
+    def restarted(self, checkpoint: Path | None, step: int) -> None:
+        """Add this start to the run's `restarts`: when, why the previous one ended (its
+        status and error; `running` means it was killed outright), from which checkpoint
+        and global step."""
+        before = self.previous or {}
+        entry = {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "previous_status": before.get("status"),
+            "previous_error": before.get("error"),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "step": step,
+        }
+        self.info.setdefault("restarts", []).append(entry)
         self._write()
 
     @rank_zero_only
@@ -198,7 +225,9 @@ class Run:
         return [float(v) for v in self.datamodule.std]
 
 
-def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by `seglab.train`, loaded weights-only (safe for untrusted
+    files); a one-line `SeglabError` for a missing, truncated or foreign file."""
     if not path.is_file():
         raise SeglabError(f"checkpoint {path} does not exist")
     try:
@@ -223,7 +252,7 @@ def load_run(ckpt_path: str | Path, map_location: str | torch.device = "cpu") ->
         SeglabError: the file is missing, unreadable or not a seglab checkpoint.
     """
     path = Path(ckpt_path)
-    checkpoint = _read(path, map_location)
+    checkpoint = read_checkpoint(path, map_location)
     record = checkpoint[RECORD_KEY]
     cfg = OmegaConf.create(record["config"])
     OmegaConf.set_readonly(cfg, True)

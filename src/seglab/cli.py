@@ -39,7 +39,8 @@ def config_dir_arguments(argv: Sequence[str]) -> list[str]:
 def command(config_name: str) -> Callable[[Run], Callable[[], Any]]:
     """Decorator: `run(cfg)` as the command composing `config_name`.yaml.
 
-    Single runs print a `SeglabError` as `seglab: error: ...` and exit 1; in a multirun
+    Single runs print a `SeglabError` as `seglab: error: ...` and exit 1 (or the error's
+    `exit_code`: 0 for a pruned trial, 128 + n for a run stopped by signal n); in a multirun
     the error propagates, so the sweeper records the trial as failed and goes on.
     """
 
@@ -53,9 +54,10 @@ def command(config_name: str) -> Callable[[Run], Callable[[], Any]]:
                 cause = seglab_cause(err)
                 if cause is None or HydraConfig.get().mode == RunMode.MULTIRUN:
                     raise
-                if getattr(cause, "exit_code", 1) == 0:  # an expected end, e.g. pruned
+                code = getattr(cause, "exit_code", 1)
+                if code != 1:  # an expected end: pruned (0), stopped by a signal (128 + n)
                     print(f"seglab: {cause}", file=sys.stderr)
-                    raise SystemExit(0) from None
+                    raise SystemExit(code) from None
                 raise SystemExit(exit_message(cause)) from None  # one line, no traceback
 
         hydra_main = hydra.main(

@@ -10,6 +10,7 @@ read a config, so they work from plain Python as well as from `seglab.train`:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -182,13 +183,36 @@ class TaskModule(L.LightningModule):
             if self.scheduler_interval == "step"
             else self.trainer.max_epochs
         )
-        scheduler = self.scheduler_factory(
-            optimizer, **schedule_length_kwargs(self.scheduler_factory, int(length))
-        )
+        factory = self.scheduler_factory
+        if length is not None and 0 < length < math.inf:
+            scheduler = factory(optimizer, **schedule_length_kwargs(factory, int(length)))
+        elif not schedule_length_kwargs(factory, 1):  # a schedule without a length
+            scheduler = factory(optimizer)
+        else:
+            scheduler = self._budget_schedule(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
         }
+
+    def _budget_schedule(self, optimizer: Optimizer) -> LRScheduler:
+        """A run-length schedule for a run bounded by its time budget alone."""
+        from seglab.resume import TimeBudgetSchedule, timer_of
+
+        timer = timer_of(self.trainer)
+        if timer is None or self.scheduler_interval != "step":
+            raise SeglabError(
+                f"scheduler <{getattr(self.scheduler_factory, 'func', self.scheduler_factory)}> "
+                "spans the run, which has no end: set trainer.max_epochs, trainer.max_steps "
+                "or trainer.max_time (with module.scheduler_interval=step)"
+            )
+        factory = self.scheduler_factory
+        return TimeBudgetSchedule(
+            optimizer,
+            lambda opt, steps: factory(opt, **schedule_length_kwargs(factory, steps)),
+            elapsed=lambda: timer.time_elapsed("train"),
+            budget=timer.time_elapsed("train") + timer.time_remaining("train"),
+        )
 
 
 class SegmentationModule(TaskModule):

@@ -22,9 +22,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seglab.checkpoint import RunRecord, json_value
@@ -32,6 +34,15 @@ from seglab.cli import command
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
 from seglab.modules import build_module
+from seglab.resume import (
+    AtomicCheckpointIO,
+    BudgetCheck,
+    StopOnSignal,
+    Stopped,
+    logging_step,
+    parse_max_time,
+    resolve_resume,
+)
 from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
 from seglab.tensorboard import log_hparams
 
@@ -69,12 +80,15 @@ def _sync_data_config(cfg: DictConfig, datamodule: SeglabDataModule) -> None:
 _LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 
 
-def check_options(cfg: DictConfig, output_dir: Path) -> str | Path | None:
+def check_options(
+    cfg: DictConfig, output_dir: Path
+) -> tuple[str | Path | None, dict[str, Any] | None]:
     """Options that would otherwise fail deep inside torch or Lightning, after data and
     model were built (or silently do something else), checked before anything is built.
 
     Returns:
-        the checkpoint to resume from (`ckpt_path`, with "last" resolved), or None.
+        the checkpoint to resume from (`ckpt_path` with "auto" and "last" resolved; None
+        for a fresh start) and its contents (None for Lightning's own names).
     """
     try:  # the optimizer's own checks (lr >= 0, betas in [0, 1), ...) on one parameter
         instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
@@ -94,19 +108,16 @@ def check_options(cfg: DictConfig, output_dir: Path) -> str | Path | None:
             f"(trainer.accelerator={accelerator}); use trainer.precision=bf16-mixed or 32-true"
         )
 
+    parse_max_time(cfg.trainer.get("max_time"))
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        ckpt_path = output_dir / "checkpoints" / "last.ckpt"
-        if not ckpt_path.exists():
-            raise SeglabError(f"ckpt_path=last but {ckpt_path} does not exist")
-    elif ckpt_path is not None and ckpt_path not in _LIGHTNING_CKPT_NAMES:
-        if not Path(ckpt_path).is_file():
-            raise SeglabError(
-                f"ckpt_path={ckpt_path} does not exist; give a checkpoint a run wrote "
-                "(<run dir>/checkpoints/last.ckpt), or ckpt_path=last with that run's "
-                "hydra.run.dir"
-            )
-    return ckpt_path
+    if ckpt_path in _LIGHTNING_CKPT_NAMES:
+        return ckpt_path, None
+    return resolve_resume(
+        ckpt_path,
+        output_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        fallback=bool(cfg.get("ckpt_fallback", False)),
+    )
 
 
 def _to_log_files(level: int, message: str, exc_info: Any = None) -> None:
@@ -134,7 +145,9 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
 
     A failure is recorded in the run directory before it propagates: the error (with its
     traceback when it is not a `SeglabError`) in train.log, `status: failed` and the error
-    in run_info.json.
+    in run_info.json. A run stopped by a signal (`seglab.resume.StopOnSignal`) is
+    checkpointed and recorded as `stopped`; the same command with `ckpt_path=auto`
+    continues it.
 
     Returns:
         every logged metric of the last validation and of the test, plus
@@ -144,13 +157,26 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     output_dir.mkdir(parents=True, exist_ok=True)
     record = RunRecord(OmegaConf.to_container(cfg, resolve=True), output_dir)
     record.start()
-    built: dict[str, Any] = {"loggers": [], "trainer": None}
+    signals = cfg.get("signals") or {}
+    stopper = StopOnSignal(
+        signals=signals.get("stop", ()),
+        requeue_signal=signals.get("requeue"),
+        checkpoint_dir=output_dir / "checkpoints",
+    )
+    built: dict[str, Any] = {"loggers": [], "trainer": None, "stopper": stopper}
+    stopper.install()
     try:
         metrics = _fit_and_test(cfg, output_dir, record, built)
     except BaseException as err:
         if isinstance(err, Pruned):  # the sweep's decision, not a failure
             record.finish(err, status="pruned")
             raise
+        if isinstance(err, SIGTERMException):  # how Lightning stops between two steps
+            err = stopper.error()
+        if isinstance(err, Stopped):
+            _to_log_files(logging.WARNING, f"seglab: {err}")
+            record.finish(err, status="stopped")
+            raise err from None
         if isinstance(err, SeglabError):
             _to_log_files(logging.ERROR, exit_message(err))
         else:
@@ -158,14 +184,50 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         record.finish(err)
         _remove_empty_event_files(built["loggers"], built["trainer"])
         raise
+    finally:
+        stopper.uninstall()
     record.finish()
+    _write_report(cfg, output_dir)
     return metrics
+
+
+def _write_report(cfg: DictConfig, output_dir: Path) -> None:
+    """The run's report.html (`report: true`); a report that cannot be made is a warning,
+    never a failure of the finished run."""
+    if not cfg.get("report") or rank_zero_only.rank != 0:
+        return
+    from seglab.report import write_report  # matplotlib and jinja2: only when needed
+
+    try:
+        log.info("Report: %s", write_report(output_dir))
+    except Exception as err:
+        log.warning("No report for %s: %s", output_dir, one_line(err))
+
+
+def _build_loggers(group: DictConfig | None, purge_step: int | None) -> list[Any]:
+    """The configured loggers; a resumed run's TensorBoard loggers hide the points the
+    stopped run logged after its checkpoint (TensorBoard's `purge_step`), so the resumed
+    run continues one curve."""
+    loggers = []
+    for entry in (group or {}).values():
+        if entry is None:
+            continue
+        extra = {}
+        if purge_step is not None and issubclass(get_class(entry._target_), TensorBoardLogger):
+            extra["purge_step"] = purge_step
+        loggers.append(instantiate(entry, **extra))
+    return loggers
 
 
 def _fit_and_test(
     cfg: DictConfig, output_dir: Path, record: RunRecord, built: dict[str, Any]
 ) -> dict[str, float | None]:
-    ckpt_path = check_options(cfg, output_dir)
+    ckpt_path, checkpoint = check_options(cfg, output_dir)
+    if checkpoint is not None or record.previous is not None:
+        record.restarted(
+            ckpt_path if checkpoint is not None else None,
+            int(checkpoint.get("global_step", 0)) if checkpoint is not None else 0,
+        )
     if cfg.get("seed") is not None:
         # Our own log line: Lightning's goes to stderr, where only errors belong.
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -187,17 +249,30 @@ def _fit_and_test(
     )
     _check_optimized_metric(cfg, module)
 
-    loggers = instantiate_all(cfg.get("logger"))
+    loggers = _build_loggers(
+        cfg.get("logger"), logging_step(checkpoint) if checkpoint is not None else None
+    )
     built["loggers"] = loggers
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(record)
+    callbacks.append(built["stopper"])
+    callbacks.append(BudgetCheck())
     callbacks.extend(trial_callbacks(cfg))  # a trial of an optuna sweep reports to its study
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra: dict[str, Any] = {}
+    if not cfg.trainer.get("plugins"):  # checkpoints written atomically
+        extra["plugins"] = [AtomicCheckpointIO()]
+    if (budget := parse_max_time(cfg.trainer.get("max_time"))) is not None:
+        # Lightning takes a {seconds: 30}-style budget as a dict, not as a DictConfig.
+        extra["max_time"] = budget
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
+    )
     built["trainer"] = trainer
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     raise_if_pruned(trainer)  # a pruned trial ends here, on every rank, untested
+    built["stopper"].stop_if_signalled(trainer, "after fitting, before the test")
     metrics = {name: json_value(value) for name, value in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seglab.data.samplers import loader_sampler
+from seglab.data.samplers import SeglabLoader, loader_sampler
 from seglab.data.splits import check_folds, fold_split
 from seglab.errors import SeglabError
 from seglab.sizes import size_pair
@@ -172,8 +172,9 @@ class SeglabDataModule(L.LightningDataModule):
             len(dataset), shuffle=shuffle, world_size=world_size, rank=rank, seed=self._train_seed
         )
         workers = loader_workers(getattr(self, "trainer", None), self.num_workers)
-        return DataLoader(
+        return SeglabLoader(
             dataset,
+            trainer=getattr(self, "trainer", None) if shuffle else None,
             batch_size=self.batch_size,
             shuffle=shuffle if sampler is None else None,
             sampler=sampler,

@@ -1,48 +1,137 @@
-"""The order in which a datamodule's loaders visit samples.
+"""The order in which a datamodule's loaders visit samples, and where a training epoch
+stands when a checkpoint is written.
 
 Training order is a pure function of (seed, epoch), so a resumed run sees the batches an
-uninterrupted one would; evaluation under DDP gives every sample to exactly one rank.
+uninterrupted one would; a checkpoint written inside an epoch records how many batches
+the epoch had consumed, and the resumed run's loader skips exactly those. Evaluation
+under DDP gives every sample to exactly one rank.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import lightning as L
 import torch
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
 def loader_sampler(
     length: int, *, shuffle: bool, world_size: int, rank: int, seed: int | None
 ) -> Sampler[int] | None:
-    """The sampler for a loader over `length` samples; None leaves the choice to the
-    DataLoader (in order) or, for training under DDP, to Lightning (its own epoch-seeded
-    DistributedSampler)."""
+    """The sampler for a loader over `length` samples; None leaves the DataLoader its
+    in-order default."""
     if shuffle and world_size == 1:
         return EpochShuffleSampler(length, seed=seed or 0)
-    if not shuffle and world_size > 1:
+    if shuffle:  # a DistributedSampler: Lightning keeps it instead of injecting its own
+        return EpochShuffleDistributedSampler(
+            length, num_replicas=world_size, rank=rank, seed=seed or 0
+        )
+    if world_size > 1:
         return UnpaddedDistributedSampler(length, num_replicas=world_size, rank=rank)
     return None
+
+
+class SeglabLoader(DataLoader):
+    """A DataLoader whose position inside a training epoch goes into checkpoints.
+
+    Lightning saves the `state_dict()` of a training loader that has one with every
+    checkpoint and hands it back to `load_state_dict()` when a run resumes; the loader
+    then starts the interrupted epoch after the batches it had already given (Lightning
+    alone would replay the epoch's first batches in their place).
+
+    Args:
+        trainer: where the position is read (the datamodule's trainer); None: no position.
+    """
+
+    def __init__(self, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {
+            "epoch": trainer.current_epoch,
+            "batches": batches,
+            "epoch_done": batches >= trainer.num_training_batches,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        sampler = self.sampler
+        if not state_dict or not hasattr(sampler, "resume_at"):
+            return
+        if state_dict["epoch_done"]:
+            sampler.resume_at(state_dict["epoch"] + 1, 0)
+        else:
+            sampler.resume_at(state_dict["epoch"], state_dict["batches"] * (self.batch_size or 1))
 
 
 class EpochShuffleSampler(Sampler[int]):
     """Random order that is a pure function of `(seed, epoch)`; Lightning calls
     `set_epoch` before each epoch. A run resumed from a checkpoint therefore sees the same
     batches as an uninterrupted one (a plain RandomSampler draws from the global RNG,
-    whose state a checkpoint does not restore)."""
+    whose state a checkpoint does not restore); `resume_at` skips the samples an
+    interrupted epoch had already used."""
 
     def __init__(self, length: int, seed: int) -> None:
         self.length = length
         self.seed = seed
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._skip = 0
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """The next pass is epoch `epoch`'s, without its first `skip` samples."""
+        self.epoch = epoch
+        self._skip = skip
 
     def __len__(self) -> int:
         return self.length
 
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.length, generator=generator).tolist()
+
+    def __iter__(self):
+        order, self._skip = self._order()[self._skip :], 0
+        return iter(order)
+
+
+class EpochShuffleDistributedSampler(DistributedSampler):
+    """Training order under DDP: one `(seed, epoch)` permutation, padded by repeating its
+    start so every rank gets the same number of samples (DDP steps together), dealt out
+    round-robin; `resume_at` skips the samples each rank had already used."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, seed=seed)
+        self.length = length
+        self.num_samples = math.ceil(length / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self.epoch = epoch
+        self._skip = skip
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        order = torch.randperm(self.length, generator=generator).tolist()
+        order += order[: self.total_size - len(order)]
+        mine, self._skip = order[self.rank : self.total_size : self.num_replicas][self._skip :], 0
+        return iter(mine)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
