@@ -331,3 +331,66 @@ def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp
         final + (0.01 - final) * (1 + torch.cos(torch.tensor(torch.pi * (1 - one_step / 0.7)))) / 2
     )
     assert final <= last <= float(annealed) * 1.5, (last, float(annealed))
+
+
+class AnnounceAt(L.Callback):
+    """Creates `path` when batch `batch` of epoch `epoch` starts, then gives a test a
+    second to send its signal from outside."""
+
+    def __init__(self, path: str, epoch: int, batch: int) -> None:
+        self.path, self.epoch, self.batch = Path(path), epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self.path.touch()
+            time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_the_command_killed_mid_epoch_exits_nonzero_and_the_same_command_continues(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "seglab.train",
+        *tiny,
+        *COMMON,
+        "report=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    ready = tmp_path / "ready"
+    announce = [
+        f"+callbacks.announce._target_={__name__}.AnnounceAt",
+        f"+callbacks.announce.path={ready}",
+        "+callbacks.announce.epoch=1",
+        "+callbacks.announce.batch=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    process = subprocess.Popen(
+        [*command, *announce], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "seglab: stopped by SIGTERM at epoch 1, batch 3/6" in stderr
+    assert "Traceback" not in stderr
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by SIGTERM at epoch 1, batch 3/6 (step 9)" in log
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by SIGTERM" in log and "Run directory" in log  # one log, appended
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    steps = [step for step, _ in _scalars(run_dir)["train/loss_step"]]
+    assert steps == list(range(18))  # one curve: every step once, in order
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["restarts"][0]["step"] == 9
