@@ -394,3 +394,52 @@ def test_the_command_killed_mid_epoch_exits_nonzero_and_the_same_command_continu
     assert steps == list(range(18))  # one curve: every step once, in order
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["status"] == "finished" and info["restarts"][0]["step"] == 9
+
+
+@pytest.mark.slow
+def test_a_ddp_run_stops_on_every_rank_at_one_step_and_resumes(tiny, tmp_path):
+    """SIGTERM to the launching process (rank 0): it forwards the signal to the rank it
+    started, both stop after the same step, and the same command finishes the run."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "seglab.train",
+        *tiny,
+        *COMMON,
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "data.num_train=48",
+        "report=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    ready = tmp_path / "ready"
+    announce = [
+        f"+callbacks.announce._target_={__name__}.AnnounceAt",
+        f"+callbacks.announce.path={ready}",
+        "+callbacks.announce.epoch=1",
+        "+callbacks.announce.batch=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    process = subprocess.Popen(
+        [*command, *announce], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert stderr.count("stopped by SIGTERM at epoch 1, batch 3/6 (step 9)") == 2  # both ranks
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 9
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["restarts"][0]["step"] == 9
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 18
