@@ -197,3 +197,30 @@ def test_image_folder_scan_counts_images_per_class_and_names_bad_files(tmp_path)
     problems = "\n".join(result["problems"])
     assert len(result["problems"]) == 2, problems
     assert "notes.txt" in problems and "cut.jpg" in problems
+
+
+def test_folder_scan_names_non_image_files_and_masks_that_are_not_png(tmp_path):
+    """Files training passes over without a word: a note among the images, and a mask
+    saved as JPEG (beside an image that therefore has no mask)."""
+    from PIL import Image
+
+    from seglab.data.folder import FolderDataModule
+
+    root = tmp_path / "data"
+    image, mask = np.full((8, 10, 3), 100), np.zeros((8, 10))
+    for split, stem in (("train", "train1"), ("train", "train2"), ("val", "val1")):
+        _png(root / "images" / split / f"{stem}.png", image)
+        _png(root / "masks" / split / f"{stem}.png", mask)
+    _png(root / "images" / "train" / "train3.png", image)
+    Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / "train" / "train3.jpg")
+    (root / "images" / "train" / "notes.txt").write_text("taken on a sunny day")
+    (root / "masks" / "val" / ".DS_Store").write_bytes(b"\0")  # hidden: not reported
+
+    result = scan(FolderDataModule(root, class_names=["bg", "thing"], num_classes=2))
+    problems = result["problems"]
+    assert len(problems) == 3, problems
+    notes, jpg = (next(p for p in problems if name in p) for name in ("notes.txt", "train3.jpg"))
+    assert "is not an image file" in notes
+    assert "must be lossless PNG" in jpg and "save the labels as train3.png" in jpg
+    assert any("train3.png has no mask" in p for p in problems)
+    assert result["splits"]["train"]["readable"] == 2

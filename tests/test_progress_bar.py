@@ -1,7 +1,11 @@
-"""The progress bar redraws by time, not every batch: no per-step metric read-back."""
+"""The progress bar redraws by time, not every batch (no per-step metric read-back), and
+gets out of the way of an error."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from functools import partial
 
 import lightning as L
@@ -11,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from seglab.callbacks import ProgressBar
+from seglab.errors import SeglabError, exit_message
 from seglab.models import SimpleCNN
 from seglab.modules import ClassificationModule
 
@@ -59,3 +64,105 @@ def test_bar_redraws_by_time_and_always_on_the_last_batch(refresh_seconds, redra
     _fit(bar)
     assert bar.train_redraws == redraws
     assert bar.train_progress_bar.n == BATCHES  # the last batch is always shown
+
+
+class _BrokenAt(TensorDataset):
+    """Random samples; reading sample `broken` raises like an unreadable file."""
+
+    def __init__(self, size: int, broken: int) -> None:
+        super().__init__(torch.randn(size, 3, 24, 24), torch.randint(0, 3, (size,)))
+        self.broken = broken
+
+    def __getitem__(self, index: int):
+        if index == self.broken:
+            raise SeglabError(f"cannot read image /data/{index}.png (train split): truncated")
+        return super().__getitem__(index)
+
+
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: a carriage return goes back to the start
+    of the line, and what follows overwrites what was there."""
+    lines = []
+    for line in text.split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part) :]
+        lines.append(shown.rstrip())
+    return lines
+
+
+@pytest.mark.parametrize("leave", [False, True])
+def test_an_error_mid_epoch_is_printed_on_a_line_of_its_own(monkeypatch, leave):
+    """A data error in the middle of an epoch, printed as seglab's command line prints
+    it, starts a line instead of trailing (and being drawn over by) the bar."""
+    terminal = io.StringIO()  # stdout (the bars) and stderr (the error) on one screen
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    module = ClassificationModule(
+        SimpleCNN(num_classes=3, input_size=24),
+        nn.CrossEntropyLoss(),
+        partial(torch.optim.SGD, lr=0.01),
+        class_names=["a", "b", "c"],
+        ignore_index=-100,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[ProgressBar(refresh_seconds=0.0, leave=leave)],
+    )
+    with pytest.raises(SeglabError) as raised:
+        trainer.fit(module, DataLoader(_BrokenAt(BATCHES * 2, broken=13), batch_size=2))
+    print(exit_message(raised.value), file=sys.stderr)  # as seglab.cli does, on exit
+    assert "6/12" in terminal.getvalue()  # the bar was drawn up to the broken batch
+    screen = _screen(terminal.getvalue())
+    assert exit_message(raised.value) in screen, screen[-3:]
+
+
+@pytest.mark.slow
+def test_the_command_line_prints_a_data_error_mid_epoch_on_a_line_of_its_own(tmp_path):
+    """`python -m seglab.train` on a folder whose one mask holds a label out of range:
+    the error stops the run mid-epoch, and on the terminal (stdout and stderr on one
+    screen) it is a line of its own, not drawn over by the bar."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split, count in (("train", 12), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (32, 32), (90, 90, 90)).save(root / "images" / split / f"{i}.png")
+            label = 7 if (split, i) == ("train", 7) else 0
+            mask = Image.fromarray(np.full((32, 32), label, np.uint8))
+            mask.save(root / "masks" / split / f"{i}.png")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.train",
+            "data=folder",
+            f"data.root={root}",
+            "data.class_names=[bg,fg]",
+            "data.num_classes=2",
+            "data.cache=none",
+            "data.crop_size=32",
+            "data.batch_size=2",
+            "model=fcn",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1
+    assert "Epoch 0:" in run.stdout  # the error came mid-epoch, with the bar drawn
+    errors = [line for line in _screen(run.stdout) if "has value 7" in line]
+    assert len(errors) == 1 and errors[0].startswith("seglab: error: mask "), errors

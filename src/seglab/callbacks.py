@@ -1,6 +1,6 @@
 """Callbacks that show a training run at work: a progress bar that costs nothing per step,
-and TensorBoard images; the run record written into every checkpoint is
-`seglab.checkpoint.RunRecord`."""
+the best validation score so far, and TensorBoard images; the run record written into
+every checkpoint is `seglab.checkpoint.RunRecord`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw
@@ -41,6 +41,16 @@ class ProgressBar(TQDMProgressBar):
         self.refresh_seconds = refresh_seconds
         self._last_redraw = float("-inf")
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Close the open bars, so that the error printed next starts on a line of its
+        own instead of after (and under the next redraw of) a bar."""
+        bars = ("train", "val", "test", "predict")
+        for bar in (getattr(self, f"_{name}_progress_bar", None) for name in bars):
+            if bar is not None and not bar.disable:
+                bar.close()
+
     def _should_update(self, current: int, total: int) -> bool:
         if not self.is_enabled:
             return False
@@ -49,6 +59,33 @@ class ProgressBar(TQDMProgressBar):
             self._last_redraw = now
             return True
         return False
+
+
+class BestScore(L.Callback):
+    """Logs `best/<monitor>` (e.g. `best/val/mIoU`) after every validation: the best score
+    so far of the trainer's checkpoint callback, by its `monitor` and `mode`. A curve
+    that never drops, whose last point is the run's best validation score: TensorBoard's
+    HParams table shows it beside the test scores. A resumed run goes on from the best
+    score its checkpoint recorded.
+    """
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if trainer.sanity_checking or not isinstance(checkpoint, ModelCheckpoint):
+            return
+        current = trainer.callback_metrics.get(checkpoint.monitor or "")
+        if current is None or not torch.isfinite(current):
+            return
+        # The checkpoint callback runs after every other callback: its best score does
+        # not count this validation yet.
+        scores = [float(current)]
+        if checkpoint.best_model_score is not None:
+            scores.append(float(checkpoint.best_model_score))
+        best = max(scores) if checkpoint.mode == "max" else min(scores)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the metrics' step
+        for logger in trainer.loggers:
+            logger.log_metrics({f"best/{checkpoint.monitor}": best}, step=step)
 
 
 def _tensorboards(trainer: L.Trainer) -> list[Any]:
@@ -82,8 +119,8 @@ class ValidationImages(L.Callback):
     Segmentation: a grid of fixed validation samples, one row per sample: image, ground
     truth and prediction in the dataset's palette (void pixels white). Classification:
     the samples captioned with their true (T) and predicted (P) class. Both: the
-    validation confusion matrix as a figure, and per-class IoU (segmentation) and
-    accuracy grouped into one multi-line chart each (TensorBoard's "Custom Scalars" tab).
+    validation confusion matrix as a figure. (The per-class charts of the Custom Scalars
+    tab are `seglab.tensorboard.TensorBoardLogger`'s.)
 
     Args:
         every_n_epochs: log after every n-th validation epoch.
@@ -93,25 +130,6 @@ class ValidationImages(L.Callback):
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 8) -> None:
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
-
-    @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        task = getattr(pl_module, "task", None)
-        if task not in ("segmentation", "classification"):
-            return
-        keys = (
-            (("IoU", "IoU"), ("Acc", "accuracy"))
-            if task == "segmentation"
-            else (("Acc", "accuracy"),)
-        )
-        layout = {
-            f"per-class {title}": {
-                stage: ["Multiline", [f"{stage}/{key}/.*"]] for stage in ("val", "test")
-            }
-            for key, title in keys
-        }
-        for writer in _tensorboards(trainer):
-            writer.add_custom_scalars(layout)
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

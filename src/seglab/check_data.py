@@ -8,11 +8,11 @@
 Reads every sample of every split the way training reads it (without augmentation) and
 prints: samples per split, images without masks and masks without images, unreadable or
 truncated files, image/mask size mismatches, label values outside [0, num_classes) other
-than ignore_index, empty class folders and other layout problems (each naming the file or
-folder), the image sizes, per-class pixel (segmentation) or image (classification)
-counts and frequencies, the class imbalance, suggested class weights for the loss, the
-per-channel mean/std of the training images and the memory each split's decoded cache
-(`data.cache`) would take. The same report goes to
+than ignore_index, non-image files, masks that are not PNG, empty class folders and other
+layout problems (each naming the file or folder), the image sizes, per-class pixel
+(segmentation) or image (classification) counts and frequencies, the class imbalance,
+suggested class weights for the loss, the per-channel mean/std of the training images and
+the memory each split's decoded cache (`data.cache`) would take. The same report goes to
 outputs/check_data/runs/<time>/report.json. Exit status 1 when a problem was found.
 """
 
@@ -33,8 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from seglab.cli import command
-from seglab.data.base import SeglabDataModule
+from seglab.data.base import SPLITS, SeglabDataModule
 from seglab.data.cache import MEMORY_SHARE, available_memory, decoded_nbytes
+from seglab.data.folder import FolderDataModule
+from seglab.data.io import IMAGE_SUFFIXES
+from seglab.data.pairs import MASK_SUFFIX
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,49 @@ def class_weights(counts: np.ndarray) -> list[float]:
     return [round(median / f, 4) if f > 0 else 0.0 for f in freq]
 
 
+# Mask formats that lose information: their decoded label values are not the saved ones.
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+
+
+def stray_files(datamodule: SeglabDataModule) -> list[str]:
+    """Files of a folder dataset (`FolderDataModule`) that training passes over without a
+    word, each named with why: non-image files among the images or masks, and masks that
+    are not PNG (a JPEG mask holds compression noise, not labels). Other datamodules
+    have none to report here."""
+    if not isinstance(datamodule, FolderDataModule):
+        return []
+    images, masks = datamodule.root / "images", datamodule.root / "masks"
+    if (images / "train").is_dir():
+        folders = [(images / s, masks / s) for s in SPLITS]
+    else:
+        folders = [(images, masks)]
+    found = []
+    listed = ", ".join(IMAGE_SUFFIXES)
+    for image_dir, mask_dir in folders:
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                suffix = path.suffix.lower()
+                if path.name.startswith(".") or not path.is_file() or suffix == MASK_SUFFIX:
+                    continue
+                if suffix not in IMAGE_SUFFIXES:
+                    found.append(
+                        f"{path} is not an image file; it is not used (images: {listed}, any case)"
+                    )
+                elif folder == mask_dir:
+                    why = (
+                        "lossy compression changes the label values"
+                        if suffix in LOSSY_SUFFIXES
+                        else "masks are read as PNG only"
+                    )
+                    found.append(
+                        f"mask {path} is not a PNG: masks must be lossless PNG files ({why}); "
+                        f"it is not used: save the labels as {path.stem}{MASK_SUFFIX}"
+                    )
+    return found
+
+
 def scan(
     datamodule: SeglabDataModule, num_workers: int = 0, limit: int | None = None
 ) -> dict[str, Any]:
@@ -148,6 +194,7 @@ def scan(
     datasets, problems = datamodule.check_splits()
     problems = list(problems)
     discovered = bool(problems)  # an empty split then has its reason listed already
+    problems += stray_files(datamodule)
     warnings: list[str] = []
     reports: dict[str, SplitReport] = {}
     for split, dataset in datasets.items():

@@ -1,29 +1,313 @@
-"""What seglab writes to TensorBoard beyond the logged metrics: the HParams table that
-compares the runs of a sweep."""
+"""What a run looks like in TensorBoard: `TensorBoardLogger`, Lightning's logger with
+per-class curves one colour per class and an `epoch` curve that only climbs; and
+`log_hparams`, the run's row in the HParams table that compares the runs of a sweep."""
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+# Per-class metrics, "<stage>/<metric>/<class>" (val/IoU/car), and where their runs live.
+PER_CLASS = re.compile(r"^(train|val|test)/([^/]+)/(.+)$")
+CLASS_RUNS = "classes"
+# Charts of the Custom Scalars tab: one category per per-class metric, one chart per stage.
+CHART_TITLES = {"IoU": "per-class IoU", "Acc": "per-class accuracy"}
+
+
+def class_run(name: str) -> str:
+    """The run folder (below a run's log dir) of class `name`'s curves."""
+    return f"{CLASS_RUNS}/{re.sub(r'[^A-Za-z0-9_.+-]', '_', name)}"
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger (event files in `save_dir/name/version`), writing
+    two things differently:
+
+    - Per-class metrics (`val/IoU/<class>`) go to one run per class, `classes/<class>`
+      below the log dir, under the metric's tag (`val/IoU`). TensorBoard colours lines by
+      run: the classes, as tags of one run, would share one colour; as runs, one chart
+      draws each in its own colour with the class name in the legend (in the Scalars tab
+      and in the Custom Scalars tab, whose layout this logger writes).
+    - `epoch`, which Lightning adds to every logged dict, is left out of test metrics:
+      testing restores the best checkpoint, whose epoch would be a jump back at the end
+      of a curve that only climbs while fitting.
+
+    Args:
+        save_dir, name, version: the event files go to `save_dir/name/version`.
+        log_graph: also write the model graph.
+        default_hp_metric: write Lightning's placeholder `hp_metric` (-1); seglab's
+            HParams rows come from `log_hparams`.
+        prefix: put before every metric name.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        name: str = "tensorboard",
+        version: int | str | None = "",
+        log_graph: bool = False,
+        default_hp_metric: bool = False,
+        prefix: str = "",
+        **writer_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            save_dir,
+            name=name,
+            version=version,
+            log_graph=log_graph,
+            default_hp_metric=default_hp_metric,
+            prefix=prefix,
+            **writer_kwargs,
+        )
+        # SummaryWriter options (purge_step for a resumed run) apply to the class runs too.
+        self._writer_kwargs = writer_kwargs
+        self._class_writers: dict[str, SummaryWriter] = {}
+        self._charted: set[str] = set()  # per-class metrics with a Custom Scalars chart
+
+    def _class_writer(self, name: str) -> SummaryWriter:
+        if name not in self._class_writers:
+            self._class_writers[name] = SummaryWriter(
+                str(Path(self.log_dir) / class_run(name)), **self._writer_kwargs
+            )
+        return self._class_writers[name]
+
+    def _chart(self, metrics: set[str]) -> None:
+        """Write the Custom Scalars layout at the first per-class metrics (TensorBoard
+        reads a run's first layout only): per metric, a validation and a test chart of
+        the class runs."""
+        if self._charted:
+            return
+        self._charted = set(metrics)
+        layout = {
+            CHART_TITLES.get(metric, f"per-class {metric}"): {
+                stage: ["Multiline", [f"^{stage}/{metric}$"]] for stage in ("val", "test")
+            }
+            for metric in sorted(self._charted)
+        }
+        self.experiment.add_custom_scalars(layout)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        testing = any(name.startswith("test/") for name in metrics)
+        own: dict[str, Any] = {}
+        charted: set[str] = set()
+        for name, value in metrics.items():
+            if name == "epoch" and testing:
+                continue
+            match = PER_CLASS.match(name)
+            if match is None:
+                own[name] = value
+                continue
+            stage, metric, class_name = match.groups()
+            value = value.item() if isinstance(value, Tensor) else value
+            self._class_writer(class_name).add_scalar(f"{stage}/{metric}", value, step)
+            charted.add(metric)
+        if charted:
+            self._chart(charted)
+        if own:
+            super().log_metrics(own, step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        for writer in self._class_writers.values():
+            writer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        for writer in self._class_writers.values():
+            writer.close()  # reopens on the next write (testing follows fitting)
+
+
+# --- HParams -----------------------------------------------------------------------------
+
+# The choices runs are compared by: (column, config group or key). A group gives the
+# option's name (model=unet: "unet"); a key its value.
+COLUMNS = (
+    ("data", "data"),
+    ("model", "model"),
+    ("encoder", "model.encoder_name"),
+    ("loss", "loss"),
+    ("optimizer", "optimizer"),
+    ("lr", "optimizer.lr"),
+    ("weight decay", "optimizer.weight_decay"),
+    ("scheduler", "scheduler"),
+    ("batch size", "data.batch_size"),
+    ("precision", "trainer.precision"),
+    ("seed", "seed"),
+)
+# Overrides that say where a run writes or how it was launched, not what it trains.
+BOOKKEEPING = re.compile(r"^(hydra|paths|hparams_search|optuna_trial|ckpt_path)([./]|$)")
+
+
+def _choice(cfg: DictConfig, group: str) -> str | None:
+    """The option chosen for config `group`: its name where Hydra composed the config,
+    else the class it builds; the architecture for `model=smp`."""
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig):
+        return None
+    if group == "model" and isinstance(node.get("arch"), str):
+        return node.arch
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice is not None:
+            return str(choice)
+    target = node.get("_target_")
+    return str(target).rsplit(".", 1)[-1] if target else None
+
+
+def _scalar(value: Any) -> Any:
+    """A value the HParams table holds (number, string, bool); None for none."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return str(value)
+
+
+def sweep_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The run's command-line overrides (a sweep job's parameters among them) as
+    `{key: value}`, values read back from `cfg` (typed, resolved); Hydra's and other
+    bookkeeping keys left out. Empty outside a Hydra-composed config."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    found: dict[str, Any] = {}
+    for override in HydraConfig.get().overrides.task:
+        key, _, raw = override.partition("=")
+        key = key.lstrip("+~").split("@", 1)[0]
+        if not key or BOOKKEEPING.match(key):
+            continue
+        if key in choices:  # a config group: its option's name
+            found[key] = _choice(cfg, key) or raw
+            continue
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        found[key] = _scalar(value) if value is not None else raw
+    return found
+
+
+class Column(NamedTuple):
+    """A column of the HParams table: `name` identifies it (and orders it: TensorBoard
+    sorts columns by `varied`, then by name, and shows the first five), `title` heads
+    it."""
+
+    name: str
+    title: str
+    value: Any
+    varied: bool  # set on the command line: a sweep's parameter
+
+
+def run_hparams(cfg: DictConfig) -> list[Column]:
+    """A run's row of the HParams table: the `COLUMNS`, in that order, then every other
+    override (`sweep_overrides`); the overridden ones, a sweep's parameters, first."""
+    overrides = sweep_overrides(cfg)
+    row = []
+    for i, (title, where) in enumerate(COLUMNS):
+        if "." in where or where == "seed":
+            value = _scalar(OmegaConf.select(cfg, where, default=None))
+        else:
+            value = _choice(cfg, where)
+        row.append(Column(f"{i:02d} {title}", title, value, where in overrides))
+    shown = {where for _, where in COLUMNS}
+    row += [Column(k, k, v, True) for k, v in overrides.items() if k not in shown]
+    return row
+
+
+def final_metrics(metrics: dict[str, float | None]) -> list[str]:
+    """The metrics of the HParams table, each the last point of its scalar curve: the
+    best validation score (`best/val/mIoU`) and the test scores (`test/mIoU`, ...,
+    `test/loss` last: TensorBoard shows the first five), not per-class ones."""
+    names = [
+        name
+        for name, value in metrics.items()
+        if value is not None
+        and name.split("/", 1)[0] in ("test", "best")
+        and not PER_CLASS.match(name.removeprefix("best/"))
+    ]
+    return sorted(names, key=lambda n: (not n.startswith("best/"), n.endswith("/loss")))
+
+
+def _hparam_info(column: Column) -> api_pb2.HParamInfo:
+    kind = (
+        api_pb2.DATA_TYPE_BOOL
+        if isinstance(column.value, bool)
+        else api_pb2.DATA_TYPE_FLOAT64
+        if isinstance(column.value, int | float)
+        else api_pb2.DATA_TYPE_STRING
+    )
+    return api_pb2.HParamInfo(
+        name=column.name, display_name=column.title, type=kind, differs=column.varied
+    )
+
+
+def _hparams_summary(tag: str, **data: Any) -> Summary:
+    """A summary of the HParams plugin (`tensorboard.plugins.hparams.summary` builds the
+    same, but imports TensorFlow)."""
+    content = plugin_data_pb2.HParamsPluginData(**data)
+    return Summary(
+        value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(content))]
+    )
+
+
+def write_hparams(writer: SummaryWriter, row: Sequence[Column], metrics: Sequence[str]) -> None:
+    """Write one run of the HParams table into `writer`'s run: the experiment (the
+    columns: `row`'s and `metrics`), the session's values and its end. A metric's value
+    is the last point of the run's scalar curve of that name: nothing is logged twice.
+
+    TensorBoard takes the columns from one run's experiment (any): the runs of a sweep,
+    with the same overrides, share them.
+    """
+    row = [column for column in row if column.value is not None]
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for column in row:
+        value = start.hparams[column.name]
+        if isinstance(column.value, bool):
+            value.bool_value = column.value
+        elif isinstance(column.value, int | float):
+            value.number_value = column.value
+        else:
+            value.string_value = str(column.value)
+    experiment = api_pb2.Experiment(
+        time_created_secs=time.time(),
+        hparam_infos=[_hparam_info(column) for column in row],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics],
+    )
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    file_writer = writer._get_file_writer()
+    file_writer.add_summary(_hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment))
+    file_writer.add_summary(
+        _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
+    )
+    file_writer.add_summary(_hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end))
+    writer.flush()
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
-    """Record the composed config with the run's final metrics, for TensorBoard's HParams
-    tab to compare the runs of a sweep. The metrics get their own `final/` names: logged
-    under their usual names they would add a stray point at step 0 to every curve."""
+    """Record the run for comparison with others: for TensorBoard, its row of the
+    HParams table (`run_hparams`: data, model, encoder, loss, optimizer, lr, ..., the
+    overrides) with the final metrics (`final_metrics`); other loggers get the whole
+    composed config."""
     params = OmegaConf.to_container(cfg, resolve=True)
     params.pop("paths", None)
-    summary = {
-        f"final/{name.replace('/', '_')}": value
-        for name, value in metrics.items()
-        if value is not None
-        and (name.startswith("best/") or name.startswith("test/"))
-        and "/IoU/" not in name
-        and "/Acc/" not in name
-    }
+    row = run_hparams(cfg)
+    shown = final_metrics(metrics)
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=summary)
+        if isinstance(logger, LightningTensorBoardLogger):
+            if trainer.is_global_zero:
+                write_hparams(logger.experiment, row, shown)
         else:
             logger.log_hyperparams(params)
