@@ -66,6 +66,9 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_sigterm_mid_epoch_then_auto_ends_like_an_uninterrupted_run(make_cfg, tmp_path):
     whole = train(make_cfg(*COMMON, output_dir=tmp_path / "whole"))
+    # last.ckpt follows every epoch, also those that do not improve the best score
+    last_whole = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    assert last_whole["global_step"] == 18
 
     run_dir = tmp_path / "stopped"
     killer = [f"+callbacks.kill._target_={__name__}.SignalAt", "+callbacks.kill.epoch=1"]
