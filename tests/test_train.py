@@ -141,7 +141,10 @@ def test_cli_run_writes_a_complete_run_directory(tmp_path, tiny):
     assert best.parent == run_dir / "checkpoints" and best.is_file()
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["epoch"] in (0, 1)
-    (checkpointer,) = [v for k, v in checkpoint["callbacks"].items() if "ModelCheckpoint" in k]
+    # The best-checkpoint callback (the other one keeps last.ckpt, monitoring nothing).
+    (checkpointer,) = [
+        v for k, v in checkpoint["callbacks"].items() if "'monitor': 'val/mIoU'" in k
+    ]
     assert record["metrics"]["best/val/mIoU"] == pytest.approx(
         checkpointer["best_model_score"].item()
     )
