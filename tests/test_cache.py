@@ -553,6 +553,7 @@ def test_two_ddp_processes_map_one_disk_cache_built_once(tmp_path):
             "trainer=ddp_cpu",
             "trainer.max_epochs=1",
             "logger=none",
+            "report=false",  # the report maps the val cache once more
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,
