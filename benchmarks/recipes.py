@@ -197,6 +197,7 @@ def bench_seed(data_dir: Path, images: int, cache: str, rounds: int, steps: int)
         "trainer.accelerator=cpu",
         "logger=none",
         "test=false",
+        "report=false",
     ]
     cached = [*base, f"data.cache={cache}"] if has_cache else base
     result: dict = {
@@ -338,6 +339,7 @@ def bench_unet352(data_dir: Path, rounds: int, steps: int) -> dict:
         "trainer.limit_val_batches=1",
         "logger=none",
         "test=false",
+        "report=false",
     ]
     cfg = compose(overrides)
     hand, seglab = alternate(
