@@ -155,8 +155,8 @@ class StopOnSignal(L.Callback):
     data is read stops the run before its first step) and stay until `uninstall()`. A
     handler only records the signal: the checkpoint is written by the training loop between
     steps, so a second signal while saving cannot interrupt the write. Under DDP every
-    process gets the signal (Lightning's launcher forwards it to the processes it started)
-    and the ranks agree after each step, so all stop at the same one.
+    process gets the signal (the launching process forwards it to the processes Lightning
+    started from it) and the ranks agree after each step, so all stop at the same one.
 
     After saving, the signal's previous Python handler (a job scheduler's, such as
     submitit's requeue on its timeout signal) runs; otherwise, in a SLURM batch job, the
