@@ -212,3 +212,20 @@ def test_the_end_check_finds_truncation_and_spares_whole_files(tmp_path):
         else:
             assert header.error is not None and error in header.error.lower(), (name, header.error)
     assert read_header(tmp_path / "missing.png").error.startswith("[Errno 2]")
+
+
+@pytest.mark.parametrize("io_bound", [False, True])
+def test_headers_come_back_in_order_in_this_thread_or_a_pool(tmp_path, monkeypatch, io_bound):
+    """Files that open fast are read in this thread; files whose opening waits on the
+    disk (forced here) by a pool of threads; either way every header, in order."""
+    monkeypatch.setattr(headers, "CHUNK", 4)
+    monkeypatch.setattr(headers, "IO_BOUND_S", 0.0 if io_bound else 1.0)
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"{i:02d}.png"
+        Image.new("RGB", (5 + i, 3)).save(path)
+        paths.append(path)
+    (tmp_path / "07.png").write_bytes(b"not an image")
+    found = headers.read_headers(paths)
+    assert [h.width for h in found] == [5 + i if i != 7 else 0 for i in range(11)]
+    assert found[7].error == "cannot identify image file"
