@@ -386,6 +386,8 @@ def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str 
     if folders:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+        # Its reader logs every event file it moves to at INFO: not the run's business.
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)
         for folder in folders:
             accumulator = EventAccumulator(
                 str(folder), size_guidance={"scalars": 0, "images": 1, "tensors": 1}
