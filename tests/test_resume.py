@@ -349,26 +349,17 @@ class AnnounceAt(L.Callback):
             time.sleep(1.0)
 
 
-@pytest.mark.slow
-def test_the_command_killed_mid_epoch_exits_nonzero_and_the_same_command_continues(tiny, tmp_path):
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "seglab.train",
-        *tiny,
-        *COMMON,
-        "report=false",
-        f"hydra.run.dir={run_dir}",
-    ]
-    ready = tmp_path / "ready"
+def _sigterm_at_epoch_1_batch_2(
+    command: list[str], env: dict[str, str], ready: Path
+) -> tuple[int, str]:
+    """Start the training `command`, send it SIGTERM from outside while batch 2 of epoch 1
+    trains (`AnnounceAt`); its exit status and stderr."""
     announce = [
         f"+callbacks.announce._target_={__name__}.AnnounceAt",
         f"+callbacks.announce.path={ready}",
         "+callbacks.announce.epoch=1",
         "+callbacks.announce.batch=2",
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     process = subprocess.Popen(
         [*command, *announce], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -382,7 +373,24 @@ def test_the_command_killed_mid_epoch_exits_nonzero_and_the_same_command_continu
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 128 + signal.SIGTERM
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_the_command_killed_mid_epoch_exits_nonzero_and_the_same_command_continues(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "seglab.train",
+        *tiny,
+        *COMMON,
+        "report=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    returncode, stderr = _sigterm_at_epoch_1_batch_2(command, env, tmp_path / "ready")
+    assert returncode == 128 + signal.SIGTERM
     assert "seglab: stopped by SIGTERM at epoch 1, batch 3/6" in stderr
     assert "Traceback" not in stderr
     log = (run_dir / "train.log").read_text()
@@ -419,28 +427,9 @@ def test_a_ddp_run_stops_on_every_rank_at_one_step_and_resumes(tiny, tmp_path):
         "report=false",
         f"hydra.run.dir={run_dir}",
     ]
-    ready = tmp_path / "ready"
-    announce = [
-        f"+callbacks.announce._target_={__name__}.AnnounceAt",
-        f"+callbacks.announce.path={ready}",
-        "+callbacks.announce.epoch=1",
-        "+callbacks.announce.batch=2",
-    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    process = subprocess.Popen(
-        [*command, *announce], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    returncode, stderr = _sigterm_at_epoch_1_batch_2(command, env, tmp_path / "ready")
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert stderr.count("stopped by SIGTERM at epoch 1, batch 3/6 (step 9)") == 2  # both ranks
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 9
 

@@ -111,23 +111,11 @@ def test_final_metrics_are_best_validation_then_test_scores_without_per_class_on
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, tiny) -> Path:
     """A tiny FCN run of 3 epochs, logged to TensorBoard."""
     output_dir = tmp_path_factory.mktemp("run")
     cfg = compose(
-        [
-            "model=fcn",
-            "data.num_train=8",
-            "data.num_val=4",
-            "data.num_test=4",
-            "data.batch_size=4",
-            "data.image_size=64",
-            "trainer.accelerator=cpu",
-            "trainer.devices=1",
-            "trainer.enable_model_summary=false",
-            "trainer.max_epochs=3",
-            "optimizer.lr=0.01",
-        ],
+        [*tiny, "model=fcn", "trainer.max_epochs=3", "optimizer.lr=0.01"],
         output_dir=output_dir,
     )
     metrics = train(cfg)

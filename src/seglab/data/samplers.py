@@ -10,6 +10,7 @@ under DDP gives every sample to exactly one rank.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -70,18 +71,20 @@ class SeglabLoader(DataLoader):
             sampler.resume_at(state_dict["epoch"], state_dict["batches"] * (self.batch_size or 1))
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Random order that is a pure function of `(seed, epoch)`; Lightning calls
-    `set_epoch` before each epoch. A run resumed from a checkpoint therefore sees the same
-    batches as an uninterrupted one (a plain RandomSampler draws from the global RNG,
-    whose state a checkpoint does not restore); `resume_at` skips the samples an
-    interrupted epoch had already used."""
+def epoch_order(length: int, seed: int, epoch: int) -> list[int]:
+    """The training order of an epoch: a permutation that is a pure function of
+    `(seed, epoch)` (a plain RandomSampler draws from the global RNG, whose state a
+    checkpoint does not restore)."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(length, generator=generator).tolist()
 
-    def __init__(self, length: int, seed: int) -> None:
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-        self._skip = 0
+
+class _Resumable:
+    """An epoch-seeded sampler's epoch (Lightning calls `set_epoch` before each) and the
+    samples of it an interrupted run had already used (`resume_at`)."""
+
+    epoch: int
+    _skip: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -93,45 +96,41 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
         self._skip = skip
 
-    def __len__(self) -> int:
-        return self.length
-
-    def _order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.length, generator=generator).tolist()
-
-    def __iter__(self):
-        order, self._skip = self._order()[self._skip :], 0
+    def _unused(self, order: list[int]) -> Iterator[int]:
+        order, self._skip = order[self._skip :], 0
         return iter(order)
 
 
-class EpochShuffleDistributedSampler(DistributedSampler):
-    """Training order under DDP: one `(seed, epoch)` permutation, padded by repeating its
-    start so every rank gets the same number of samples (DDP steps together), dealt out
-    round-robin; `resume_at` skips the samples each rank had already used."""
+class EpochShuffleSampler(_Resumable, Sampler[int]):
+    """Training order in one process: `epoch_order`, so a run resumed from a checkpoint
+    sees the batches an uninterrupted one would."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        return self._unused(epoch_order(self.length, self.seed, self.epoch))
+
+
+class EpochShuffleDistributedSampler(_Resumable, DistributedSampler):
+    """Training order under DDP: `epoch_order`, padded by repeating its start so every
+    rank gets the same number of samples (DDP steps together), dealt out round-robin."""
 
     def __init__(self, length: int, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, seed=seed)
         self.length = length
         self.num_samples = math.ceil(length / num_replicas)
         self.total_size = self.num_samples * num_replicas
-        self._skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._skip = 0
-        self.epoch = epoch
-
-    def resume_at(self, epoch: int, skip: int) -> None:
-        self.epoch = epoch
-        self._skip = skip
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.length, generator=generator).tolist()
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.length, self.seed, self.epoch)
         order += order[: self.total_size - len(order)]
-        mine, self._skip = order[self.rank : self.total_size : self.num_replicas][self._skip :], 0
-        return iter(mine)
+        return self._unused(order[self.rank : self.total_size : self.num_replicas])
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
