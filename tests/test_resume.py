@@ -124,6 +124,19 @@ def test_auto_starts_afresh_without_a_checkpoint_and_refuses_another_config(make
     assert last.stat().st_mtime_ns == before, "a refused resume overwrote last.ckpt"
 
 
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_resuming_a_run_schedule_with_another_length_is_one_line(make_cfg, tmp_path, scheduler):
+    # One-cycle raised torch's "Tried to step 7 times" at its old end; cosine climbed
+    # back up silently.
+    run = [*COMMON, f"scheduler={scheduler}"]
+    train(make_cfg(*run, "trainer.max_epochs=1", output_dir=tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(SeglabError, match=r"spans 6 steps .*this run is 12 steps long"):
+        train(make_cfg(*run, "trainer.max_epochs=2", output_dir=tmp_path))
+    assert last.read_bytes() == before, "a refused resume overwrote last.ckpt"
+
+
 def test_config_differences_name_what_changed_and_ignore_loading_options():
     stored = {"data": {"root": "a", "num_workers": 2, "class_names": ["x", "y"]}, "seed": 1}
     current = {"data": {"root": "b", "num_workers": 8, "class_names": None}, "seed": 1}

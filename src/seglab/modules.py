@@ -185,7 +185,8 @@ class TaskModule(L.LightningModule):
         )
         factory = self.scheduler_factory
         if length is not None and 0 < length < math.inf:
-            scheduler = factory(optimizer, **schedule_length_kwargs(factory, int(length)))
+            self._schedule_length = schedule_length_kwargs(factory, int(length))
+            scheduler = factory(optimizer, **self._schedule_length)
         elif not schedule_length_kwargs(factory, 1):  # a schedule without a length
             scheduler = factory(optimizer)
         else:
@@ -194,6 +195,33 @@ class TaskModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
         }
+
+    def on_train_start(self) -> None:  # after the checkpoint's schedule is restored
+        self._check_resumed_schedule_length()
+
+    def _check_resumed_schedule_length(self) -> None:
+        """A schedule spanning the run restored from a checkpoint keeps the length it was
+        built with; a resumed run that is longer or shorter (trainer.max_epochs or
+        max_steps, or the batches per epoch, changed) would step it past its end: torch
+        raises there (one-cycle), or the learning rate sits at zero (poly) or climbs
+        back up (cosine). Refused in one line instead."""
+        expected = getattr(self, "_schedule_length", None)
+        configs = self.trainer.lr_scheduler_configs
+        if not expected or not configs:
+            return
+        scheduler = configs[0].scheduler
+        restored = {name: getattr(scheduler, name, value) for name, value in expected.items()}
+        if restored == expected:
+            return
+        name, length = next(iter(expected.items()))
+        unit = "steps" if self.scheduler_interval == "step" else "epochs"
+        raise SeglabError(
+            f"the checkpoint's {type(scheduler).__name__} spans {restored[name]} {unit} "
+            f"({name}), but this run is {length} {unit} long (trainer.max_epochs, "
+            "trainer.max_steps or the batches per epoch changed): a schedule over the "
+            "whole run cannot be stretched mid-run; resume with the settings the run "
+            "started with, or start a new run (another run_name) to train longer"
+        )
 
     def _budget_schedule(self, optimizer: Optimizer) -> LRScheduler:
         """A run-length schedule for a run bounded by its time budget alone."""
