@@ -8,6 +8,7 @@ that trials can load the small callbacks below by `_target_`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -17,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,26 @@ class SlowFit(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.slow:
             time.sleep(self.seconds)
+
+
+class LateHeartbeats(L.Callback):
+    """At the end of training, dates back by an hour the heartbeats of the other
+    running trials of the study in `database`: what a database held by other writers,
+    or a loaded machine, does to them."""
+
+    def __init__(self, database: str, trial: int, trials: list[int]) -> None:
+        self.database, self.trial, self.late = database, trial, trial in trials
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.late:
+            return
+        with sqlite3.connect(self.database, timeout=60) as connection:
+            connection.execute(
+                "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') "
+                "WHERE trial_id IN (SELECT trial_id FROM trials WHERE state = 'RUNNING' "
+                "AND number != ?)",
+                (self.trial,),
+            )
 
 
 class RecordParams(L.Callback):
@@ -230,6 +252,29 @@ def test_two_threads_never_take_the_same_queued_trial_from_sqlite(tmp_path):
         assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
 
 
+def test_a_worker_losing_the_race_to_set_up_a_new_database_tries_again(tmp_path, monkeypatch):
+    from hydra_plugins.seglab_optuna_sweeper import _sweep
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    calls: list[str] = []
+
+    def open_once_lost(url: str, **kwargs) -> optuna.storages.RDBStorage:
+        calls.append(url)
+        if len(calls) == 1:  # what SQLite said when another process stamped it first
+            raise SeglabError(
+                f"cannot open the optuna storage {url}: UNIQUE constraint failed: "
+                "alembic_version.version_num"
+            )
+        return open_storage(url, **kwargs)
+
+    monkeypatch.setattr(_sweep, "open_storage", open_once_lost)
+    monkeypatch.setattr(_sweep.time, "sleep", lambda seconds: None)
+    sweep = _sweep.Sweep.__new__(_sweep.Sweep)
+    sweep.options = {"heartbeat_interval": 30, "grace_period": 90}
+    storage = sweep._connect(url)
+    assert isinstance(storage, _sweep.SweeperStorage) and calls == [url, url]
+
+
 def test_pruners_by_name():
     assert type(build_pruner("median")).__name__ == "MedianPruner"
     assert type(build_pruner("hyperband")).__name__ == "HyperbandPruner"
@@ -330,6 +375,31 @@ def test_sqlite_sweep_of_four_trials_on_two_joblib_workers_that_wait_for_none(tm
 
 
 @pytest.mark.slow
+def test_a_running_trial_whose_heartbeats_come_late_is_not_failed_by_its_own_sweeper(tmp_path):
+    # Trial 0 trains on while trial 1 ends and dates its heartbeat back past
+    # grace_period; trial 2's start looks for stale trials. Taken for stale, trial 0
+    # could not be told its result when its job ended, and optuna ended the sweep.
+    sweep_dir = tmp_path / "sweep"
+    _cli(
+        *SWEEP,
+        *TINY,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.grace_period=5",
+        *slow(12, trials=[0]),
+        f"+callbacks.late._target_={__name__}.LateHeartbeats",
+        f"+callbacks.late.database={sweep_dir / 'optuna.db'}",
+        "+callbacks.late.trial=${hydra:job.num}",
+        "+callbacks.late.trials=[1]",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert _states(_study(sweep_dir)) == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+
+
+@pytest.mark.slow
 def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     """Beside a finished trial with a perfect curve, a grid of two: lr 1e30 diverges (the
     NaN stop, in epoch 0) and fails with its reason; lr 0.001 reports a worse epoch 0 and
@@ -393,7 +463,9 @@ def test_a_killed_sweep_resumes_without_losing_or_overwriting_a_trial(tmp_path):
         try:
             deadline = time.monotonic() + 400
             while time.monotonic() < deadline and sweeper.poll() is None:
-                if (sweep_dir / "optuna.db").exists():
+                # Read the study once the sweeper has set it up: opening a new
+                # database stamps its schema, which a reader would race it for.
+                if "Study 'seglab' in" in (tmp_path / "killed.log").read_text():
                     try:
                         states = _states(_study(sweep_dir))
                     except (KeyError, optuna.exceptions.StorageInternalError):
@@ -401,11 +473,17 @@ def test_a_killed_sweep_resumes_without_losing_or_overwriting_a_trial(tmp_path):
                     if list(states.values()).count("COMPLETE") >= 2:
                         break
                 time.sleep(0.3)
-            assert sweeper.poll() is None, "the sweep ended before it could be killed"
+            log.flush()
+            ended = sweeper.poll()
+            assert ended is None, (
+                f"the sweep ended (exit {ended}) before it could be killed:\n"
+                + (tmp_path / "killed.log").read_text()[-4000:]
+            )
             os.kill(sweeper.pid, signal.SIGKILL)
             sweeper.wait()
         finally:
-            os.killpg(sweeper.pid, signal.SIGKILL)  # the orphaned workers die with it
+            with contextlib.suppress(ProcessLookupError):  # none left in the group
+                os.killpg(sweeper.pid, signal.SIGKILL)  # the orphaned workers die with it
 
     before = {t.number: t for t in _study(sweep_dir).get_trials()}
     finished = {n: t for n, t in before.items() if t.state == TrialState.COMPLETE}
@@ -578,6 +656,7 @@ def test_each_way_a_job_ends_becomes_its_trials_state(tmp_path):
 
     sweep = Sweep.__new__(Sweep)
     sweep.options, sweep.launcher, sweep.n_trials = {"pruner": "median"}, Launcher(), 5
+    sweep.storage = None
     sweep.config = OmegaConf.create(
         {
             "hydra": {"sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"}},

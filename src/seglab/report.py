@@ -747,8 +747,11 @@ def read_trials(sweep_dir: Path) -> list[dict[str, Any]]:
         try:
             import optuna
 
+            from seglab.sweeps import open_storage
+
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            storage = f"sqlite:///{database}"
+            # Waits for the trials' writers, and never creates tables in the sweep's file.
+            storage = open_storage(f"sqlite:///{database}", create_tables=False)
             trials = []
             for name in optuna.get_all_study_names(storage):
                 study = optuna.load_study(study_name=name, storage=storage)

@@ -80,6 +80,7 @@ def open_storage(
     grace_period: int | None = None,
     retry_stale_trials: bool = False,
     create_tables: bool = True,
+    storage_class: type[optuna.storages.RDBStorage] | None = None,
 ) -> optuna.storages.RDBStorage:
     """Connect to the optuna database at `url`.
 
@@ -89,6 +90,7 @@ def open_storage(
         grace_period: a running trial without a heartbeat for this long is failed.
         retry_stale_trials: such a failed trial is queued again, once.
         create_tables: create optuna's tables when the database has none.
+        storage_class: an RDBStorage subclass to open it with (the sweeper's own).
 
     Raises:
         SeglabError: the database cannot be reached or opened (one line: the URL, its
@@ -107,7 +109,7 @@ def open_storage(
         else None
     )
     try:
-        storage = optuna.storages.RDBStorage(
+        storage = (storage_class or optuna.storages.RDBStorage)(
             driver_url(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,

@@ -66,6 +66,22 @@ def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, copy.deepcopy(trial))
 
 
+class SweeperStorage(optuna.storages.RDBStorage):
+    """The sweeper's storage: a trial whose job this process is running is alive, and
+    never taken for stale when its heartbeats come late (a database held by other
+    writers, a loaded machine). Failed as stale while its job went on, the trial lost
+    the result its job then returned (optuna: "Trial#0 has already finished") and ran
+    a second time as its retry. Other processes' trials are judged by their heartbeats
+    as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alive: set[int] = set()  # trial ids; a finished trial is never stale anyway
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return [i for i in super()._get_stale_trial_ids(study_id) if i not in self.alive]
+
+
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that count towards `n_trials`: neither retries nor surplus."""
     return [t for t in trials if retry_of(t) is None and not t.user_attrs.get(SURPLUS_ATTR)]
@@ -209,7 +225,9 @@ class Sweep:
 
     def _connect(self, url: str) -> optuna.storages.RDBStorage:
         """The study's database. Workers starting together on an empty database create
-        its tables at the same moment, and one of them may lose that race: it tries again."""
+        its tables and stamp its schema version at the same moment, and one of them may
+        lose that race (PostgreSQL: duplicate key; SQLite: UNIQUE constraint failed on
+        alembic_version, also against a reader opening the file): it tries again."""
         for attempt in range(3):
             try:
                 return open_storage(
@@ -217,10 +235,12 @@ class Sweep:
                     heartbeat_interval=int(self.options["heartbeat_interval"]),
                     grace_period=int(self.options["grace_period"]),
                     retry_stale_trials=True,
+                    storage_class=SweeperStorage,
                 )
             except SeglabError as err:
                 if attempt == 2 or not any(
-                    word in str(err) for word in ("already exists", "duplicate key", "locked")
+                    word in str(err)
+                    for word in ("already exists", "duplicate key", "UNIQUE constraint", "locked")
                 ):
                     raise
                 time.sleep(1 + attempt)
@@ -317,6 +337,8 @@ class Sweep:
 
         def objective(trial: Trial) -> float:
             study = trial.study
+            if isinstance(self.storage, SweeperStorage):
+                self.storage.alive.add(trial._trial_id)
             trials = study.get_trials(deepcopy=False)
             frozen = next(t for t in trials if t.number == trial.number)
             if retry_of(frozen) is None:
