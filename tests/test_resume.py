@@ -26,6 +26,7 @@ from seglab.resume import (
     TimeBudgetSchedule,
     config_differences,
     parse_max_time,
+    timer_of,
 )
 from seglab.train import train
 
@@ -319,8 +320,21 @@ def test_a_run_without_an_end_needs_a_budget_for_its_schedule(make_cfg, tmp_path
         train(cfg)
 
 
+class StepEnds(L.Callback):
+    """Records the budget's clock (Lightning's Timer) at the end of every training step:
+    in the file `path`, one number a line."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with self.path.open("a") as file:
+            print(timer_of(trainer).time_elapsed("train"), file=file)
+
+
 @pytest.mark.slow
 def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp_path):
+    ends = tmp_path / "step_ends.txt"
     cfg = make_cfg(
         "trainer.max_epochs=-1",
         "trainer.max_time={seconds:12}",
@@ -328,6 +342,8 @@ def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp
         "scheduler=onecycle",
         "optimizer.lr=0.01",
         "callbacks.images=null",
+        f"+callbacks.ends._target_={__name__}.StepEnds",
+        f"+callbacks.ends.path={ends}",
         output_dir=tmp_path,
     )
     started = time.monotonic()
@@ -339,14 +355,17 @@ def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp
     first, peak, last = lrs[0][1], max(v for _, v in lrs), lrs[-1][1]
     assert first == pytest.approx(0.01 / 25, rel=1e-3)
     assert peak == pytest.approx(0.01, rel=0.02)
-    # The last step ran within one step of the schedule's end: its rate is already below
-    # the one of the schedule's point one step (of the run's mean step time) earlier.
+    # The run stopped at the first step ending past the budget, and that step's rate was
+    # set when the step before it ended: the schedule's point one step (the last one, with
+    # any validation in it, as long as it took) before its end, or later.
+    *_, before_last, at_end = (float(line) for line in ends.read_text().split())
+    assert before_last < 12 <= at_end
+    one_step = (at_end - before_last) / 12
     final = 0.01 / 25 / 1e4
-    one_step = 1 / len(lrs)
     annealed = (
         final + (0.01 - final) * (1 + torch.cos(torch.tensor(torch.pi * (1 - one_step / 0.7)))) / 2
     )
-    assert final <= last <= float(annealed) * 1.5, (last, float(annealed))
+    assert final <= last <= float(annealed) * 1.5, (last, float(annealed), one_step)
 
 
 class AnnounceAt(L.Callback):
