@@ -369,8 +369,8 @@ def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp
 
 
 class AnnounceAt(L.Callback):
-    """Creates `path` when batch `batch` of epoch `epoch` starts, then gives a test a
-    second to send its signal from outside."""
+    """Creates `path` when batch `batch` of epoch `epoch` starts, then gives a test two
+    seconds to send its signal from outside."""
 
     def __init__(self, path: str, epoch: int, batch: int) -> None:
         self.path, self.epoch, self.batch = Path(path), epoch, batch
@@ -378,7 +378,7 @@ class AnnounceAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             self.path.touch()
-            time.sleep(1.0)
+            time.sleep(2.0)
 
 
 def _sigterm_at_epoch_1_batch_2(
@@ -392,20 +392,23 @@ def _sigterm_at_epoch_1_batch_2(
         "+callbacks.announce.epoch=1",
         "+callbacks.announce.batch=2",
     ]
-    process = subprocess.Popen(
-        [*command, *announce], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    return process.returncode, stderr
+    # To a file: a pipe nobody reads while the run trains would block it once full.
+    errors = ready.with_name(f"{ready.name}.stderr")
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, *announce], env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not ready.exists():
+                assert process.poll() is None, errors.read_text()[-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+    return process.returncode, errors.read_text()
 
 
 @pytest.mark.slow

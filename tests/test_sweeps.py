@@ -803,18 +803,19 @@ def test_two_workers_share_one_postgres_study_and_run_no_trial_twice(tmp_path, p
         *slow(3),
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    workers = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    # Each writes to a file: one waiting on an unread pipe would leave the study to the other.
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = []
+    for log in logs:
+        with log.open("w") as file:
+            workers.append(
+                subprocess.Popen(
+                    command, cwd=tmp_path, env=_env(), stdout=file, stderr=subprocess.STDOUT
+                )
+            )
+    for worker in workers:
+        worker.wait(timeout=600)
+    outputs = [log.read_text() for log in logs]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
 
     study = optuna.load_study(
