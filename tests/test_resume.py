@@ -311,7 +311,7 @@ def test_a_budget_shorter_than_one_step_is_one_line(make_cfg, tmp_path):
     with pytest.raises(SeglabError, match=r"\(0:00:01\) is shorter than one training step"):
         train(cfg)
     with pytest.raises(SeglabError, match=r"is not a positive duration"):
-        train(make_cfg("trainer.max_time={seconds:0}", output_dir=tmp_path))
+        train(make_cfg("trainer.max_time={seconds:0}", output_dir=tmp_path / "zero"))
 
 
 def test_a_run_without_an_end_needs_a_budget_for_its_schedule(make_cfg, tmp_path):

@@ -26,13 +26,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.data.base import SeglabDataModule, Task
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, exit_message, one_line, seglab_cause
 from seglab.modules import MODULES, TaskModule
+from seglab.secrets import redact
 
 # Where a checkpoint keeps the run record: {"task", "config", "run_info"}.
 RECORD_KEY = "seglab"
@@ -92,6 +94,22 @@ def run_info(seed: int | None) -> dict[str, Any]:
     }
 
 
+def error_line(error: BaseException) -> str:
+    """The one line the console shows for `error`: `exit_message` for a `SeglabError`
+    (also one wrapped by Hydra's instantiate or re-raised from a DataLoader worker), else
+    "Type: message" with a worker's copied traceback cut down to its last line."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__  # Hydra's wrapper names the target; the cause says why
+    if (cause := seglab_cause(error)) is not None:
+        if getattr(cause, "exit_code", 1) != 1:  # stopped by a signal, pruned
+            return f"seglab: {one_line(cause)}"
+        return exit_message(cause).replace("\n", " ")
+    text = str(error)
+    if "Original Traceback" in text:  # torch's copy of a worker's traceback
+        text = text.strip().splitlines()[-1]
+    return f"{type(error).__name__}: {one_line(text)}"
+
+
 class RunRecord(L.Callback):
     """Writes `run_info.json` into the run directory (with the run's `status`: running,
     then finished or failed with the error), and stores the composed config, task and run
@@ -146,15 +164,23 @@ class RunRecord(L.Callback):
         self._write()
 
     @rank_zero_only
-    def finish(self, error: BaseException | None = None, status: str | None = None) -> None:
+    def finish(
+        self,
+        error: BaseException | None = None,
+        status: str | None = None,
+        stop_reason: str | None = None,
+    ) -> None:
         """Record how the run ended: `finished`, or `failed` with the error (or another
-        `status`, e.g. `pruned` by a sweep)."""
+        `status`, e.g. `pruned` by a sweep), and why and where it stopped (`stop_reason`:
+        "trainer.max_epochs=10 reached", "early stopping: ... at epoch 7, batch 50/50")."""
         self.state = {
             "status": status or ("finished" if error is None else "failed"),
             "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if stop_reason is not None:
+            self.state["stop_reason"] = stop_reason
         if error is not None:
-            self.state["error"] = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            self.state["error"] = error_line(error)
         self._write()
 
     @rank_zero_only
@@ -164,7 +190,7 @@ class RunRecord(L.Callback):
 
     def _write(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        record = {**self.info, **self.state}
+        record = redact({**self.info, **self.state})
         (self.output_dir / "run_info.json").write_text(json.dumps(record, indent=2) + "\n")
         self._written = True
 
@@ -173,8 +199,8 @@ class RunRecord(L.Callback):
     ) -> None:
         checkpoint[RECORD_KEY] = {
             "task": getattr(pl_module, "task", None),
-            "config": self.config,
-            "run_info": self.info,
+            "config": redact(self.config),
+            "run_info": redact(self.info),
         }
 
 

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from seglab.errors import SeglabError
+from seglab.rundir import register_resolvers
 
 USER_CONFIG_ENV = "SEGLAB_CONFIG_PATH"
 
@@ -38,6 +39,10 @@ def _packaged_config_dir() -> Path:
 
 
 CONFIG_DIR = _packaged_config_dir()
+# The configs name run directories with seglab's resolver (conf/hydra/default.yaml): known
+# before any of them is composed, by the command line (seglab.cli imports this module)
+# or by `compose`.
+register_resolvers()
 
 
 def user_config_dirs() -> list[Path]:

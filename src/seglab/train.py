@@ -29,11 +29,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from seglab.checkpoint import RunRecord, json_value
+from seglab import rundir
+from seglab.checkpoint import RunRecord, json_value, read_checkpoint
 from seglab.cli import command
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
 from seglab.modules import build_module
+from seglab.run_log import RunLog, position, stop_reason, to_log_files
 from seglab.resume import (
     AtomicCheckpointIO,
     BudgetCheck,
@@ -120,14 +122,6 @@ def check_options(
     )
 
 
-def _to_log_files(level: int, message: str, exc_info: Any = None) -> None:
-    """Write to the run's log files only (train.log): the console gets its own line."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def _remove_empty_event_files(loggers: list[Any], trainer: L.Trainer | None) -> None:
     """A run that failed before its first training step leaves no TensorBoard run behind
     (it would show up as an empty run among the real ones)."""
@@ -154,7 +148,13 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         `best/<optimized_metric>`, the best validation score of the run.
     """
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Locked for the whole run; refused, before anything is written, when it holds another
+    # run that this one does not restart (seglab.rundir).
+    with rundir.claimed(output_dir, cfg.get("ckpt_path")):
+        return _run(cfg, output_dir)
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float | None]:
     record = RunRecord(OmegaConf.to_container(cfg, resolve=True), output_dir)
     record.start()
     signals = cfg.get("signals") or {}
@@ -163,30 +163,32 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
         requeue_signal=signals.get("requeue"),
         checkpoint_dir=output_dir / "checkpoints",
     )
-    built: dict[str, Any] = {"loggers": [], "trainer": None, "stopper": stopper}
+    built: dict[str, Any] = {"loggers": [], "trainer": None, "stopper": stopper, "fitting": False}
     stopper.install()
     try:
         metrics = _fit_and_test(cfg, output_dir, record, built)
     except BaseException as err:
+        where = position(built["trainer"]) if built["fitting"] else "before training"
         if isinstance(err, Pruned):  # the sweep's decision, not a failure
-            record.finish(err, status="pruned")
+            record.finish(err, status="pruned", stop_reason=f"pruned by the sweep {where}")
             raise
         if isinstance(err, SIGTERMException):  # how Lightning stops between two steps
             err = stopper.error()
         if isinstance(err, Stopped):
-            _to_log_files(logging.WARNING, f"seglab: {err}")
-            record.finish(err, status="stopped")
+            to_log_files(logging.WARNING, f"seglab: {err}")
+            # "stopped by SIGTERM at epoch 1, batch 3/6 (step 9)", without the advice.
+            record.finish(err, status="stopped", stop_reason=str(err).split("; ")[0])
             raise err from None
         if isinstance(err, SeglabError):
-            _to_log_files(logging.ERROR, exit_message(err))
+            to_log_files(logging.ERROR, exit_message(err))
         else:
-            _to_log_files(logging.ERROR, f"run failed: {one_line(err)}", sys.exc_info())
-        record.finish(err)
+            to_log_files(logging.ERROR, f"run failed: {one_line(err)}", sys.exc_info())
+        record.finish(err, stop_reason=f"failed {where}")
         _remove_empty_event_files(built["loggers"], built["trainer"])
         raise
     finally:
         stopper.uninstall()
-    record.finish()
+    record.finish(stop_reason=built["stop_reason"])
     _write_report(cfg, output_dir)
     return metrics
 
@@ -257,6 +259,7 @@ def _fit_and_test(
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(record)
+    callbacks.append(RunLog(output_dir, cfg.optimized_metric))
     callbacks.append(built["stopper"])
     callbacks.append(BudgetCheck())
     callbacks.extend(trial_callbacks(cfg))  # a trial of an optuna sweep reports to its study
@@ -270,9 +273,12 @@ def _fit_and_test(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
     )
     built["trainer"] = trainer
+    built["fitting"] = True
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     raise_if_pruned(trainer)  # a pruned trial ends here, on every rank, untested
     built["stopper"].stop_if_signalled(trainer, "after fitting, before the test")
+    built["stop_reason"] = stop_reason(trainer)
+    log.info("Run ended: %s", built["stop_reason"])
     metrics = {name: json_value(value) for name, value in trainer.callback_metrics.items()}
 
     checkpoint = trainer.checkpoint_callback
@@ -285,6 +291,8 @@ def _fit_and_test(
     if cfg.get("test"):
         # The best checkpoint when there is one; the weights in memory otherwise
         # (fast_dev_run and checkpointing switched off save none).
+        if best_path:
+            _check_best_checkpoint(Path(best_path))
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         metrics.update({name: json_value(v) for name, v in results[0].items()})
 
@@ -298,6 +306,20 @@ def _fit_and_test(
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("Run directory: %s", output_dir)
     return metrics
+
+
+def _check_best_checkpoint(path: Path) -> None:
+    """A best checkpoint that cannot be read is one line naming it (Lightning's test would
+    print torch's unpickling traceback), before the test starts."""
+    try:
+        read_checkpoint(path)
+    except SeglabError as err:
+        why = type(err.__cause__).__name__ if err.__cause__ is not None else "no seglab record"
+        raise SeglabError(
+            f"the best checkpoint {path} cannot be read ({why}); the fit itself finished: "
+            f"test another checkpoint (python -m seglab.evaluate "
+            f"ckpt_path={path.parent / 'last.ckpt'}), or run with test=false"
+        ) from None
 
 
 @command("train")

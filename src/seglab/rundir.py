@@ -1,0 +1,254 @@
+"""Who owns a run directory: its name, its lock, and the refusal to write over another run.
+
+- Naming: `${seglab.run_dir:<parent>,<run_name>,<time>}` (conf/hydra/default.yaml) is
+  `<parent>/<run_name>` when a run is named, else `<parent>/<time>`, claimed with an
+  atomic `mkdir` so that two runs started in the same second get `<time>` and
+  `<time>_2` (a sub-second time would only make a collision unlikely; `mkdir` makes it
+  impossible, also between machines sharing the file system, and keeps the README's
+  `<date>_<time>` names). The resolver is cached in the config (OmegaConf's
+  `use_cache`), so every later read of `hydra.run.dir` in the run (Lightning's DDP
+  launcher hands it to the other ranks) gets the directory claimed first.
+- The lock: `claim(run_dir, ckpt_path)` takes an `fcntl.flock` on `run.lock` in the
+  directory for as long as the run goes on; the kernel drops it when the process dies,
+  however it dies (a SIGKILLed run resumes with `ckpt_path=auto`). A second process
+  meeting a held lock stops with one line naming the holder (pid, host, since when).
+- Another run's record: a directory holding `run_info.json` or checkpoints is refused
+  unless this run restarts it (`ckpt_path=auto`, `last`, or one of its checkpoints).
+- Stale files: with the lock held, every `.*.partial-<pid>` checkpoint left by a process
+  killed while writing is removed.
+
+Only the launching process (global rank 0) claims: the other DDP ranks are started by it
+with its `hydra.run.dir` and write nothing of their own there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from seglab.errors import SeglabError, exit_message
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+RECORD_FILE = "run_info.json"
+CHECKPOINT_DIR = "checkpoints"
+RESOLVER = "seglab.run_dir"
+# ckpt_path values that continue the run of the run directory itself.
+RESTART_CKPT_NAMES = ("auto", "last")
+
+
+def run_dir(parent: str, name: Any, stamp: str) -> str:
+    """`parent/name` for a named run; else `parent/stamp`, created here so that no other
+    run can take it (`parent/stamp_2`, `_3`, ... when it is taken)."""
+    if name is not None and str(name) != "":
+        return f"{parent}/{name}"
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    candidate, suffix = stamp, 1
+    while True:
+        try:
+            os.mkdir(Path(parent) / candidate)
+            return f"{parent}/{candidate}"
+        except FileExistsError:
+            suffix += 1
+            candidate = f"{stamp}_{suffix}"
+
+
+def register_resolvers() -> None:
+    """Make `${seglab.run_dir:...}` known to OmegaConf (before Hydra resolves its run
+    directory; `seglab.config` does it on import)."""
+    OmegaConf.register_new_resolver(RESOLVER, run_dir, use_cache=True, replace=True)
+
+
+def launching_rank() -> bool:
+    """Whether this process is global rank 0 (the one started by the user)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def held_by(directory: Path) -> dict[str, Any]:
+    """The holder of `directory`'s lock as it wrote itself down (pid, host, since); empty
+    when unreadable."""
+    try:
+        return json.loads((directory / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def recorded_run(directory: Path) -> dict[str, Any] | None:
+    """The run `directory` holds: its run_info.json (`{}` when only checkpoints are
+    left), or None for a directory no run has written into."""
+    record = directory / RECORD_FILE
+    if record.is_file():
+        try:
+            return json.loads(record.read_text())
+        except (OSError, ValueError):
+            return {}
+    if any((directory / CHECKPOINT_DIR).glob("*.ckpt")):
+        return {}
+    return None
+
+
+def is_restart(ckpt_path: Any, directory: Path) -> bool:
+    """Whether `ckpt_path` continues the run of `directory` (auto, last, or one of its own
+    checkpoints)."""
+    if ckpt_path is None:
+        return False
+    if str(ckpt_path) in RESTART_CKPT_NAMES:
+        return True
+    own = (directory / CHECKPOINT_DIR).resolve()
+    return Path(str(ckpt_path)).resolve().parent == own
+
+
+class _Lock:
+    """One open `run.lock` with its flock, shared by every claim of this process."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.claims = 0
+        path = directory / LOCK_FILE
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            holder = held_by(directory)
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+                if holder
+                else "another process"
+            )
+            raise SeglabError(
+                f"{directory} is in use by a running run ({who}); wait for it to end, or "
+                "give this run another run_name"
+            ) from None
+
+    def write_holder(self) -> None:
+        """Write down who holds the lock, for the refusal another process prints (after
+        the checks: a refused run leaves the directory as it found it)."""
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, (json.dumps(holder) + "\n").encode())
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+# Locks this process holds, by resolved directory: the Hydra callback and train() claim
+# the same directory, and a second flock on another descriptor would refuse ourselves.
+_HELD: dict[Path, _Lock] = {}
+
+
+def _acquire(directory: Path) -> _Lock:
+    key = directory.resolve()
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = _HELD[key] = _Lock(directory)
+    lock.claims += 1
+    return lock
+
+
+def _release(directory: Path) -> None:
+    key = directory.resolve()
+    lock = _HELD.get(key)
+    if lock is None:
+        return
+    lock.claims -= 1
+    if lock.claims <= 0:
+        del _HELD[key]
+        lock.release()
+
+
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Delete the half-written checkpoints (`.<name>.partial-<pid>`, see
+    `seglab.resume.AtomicCheckpointIO`) of processes killed while saving. Only the lock's
+    holder may call it: then no process of this run is writing one."""
+    removed = []
+    for partial in (directory / CHECKPOINT_DIR).glob(".*.partial-*"):
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+        log.info("Removed %s, left by a process killed while writing it", partial)
+    return removed
+
+
+def acquire(directory: str | Path, ckpt_path: Any = None) -> None:
+    """Claim `directory` for this run (global rank 0 only; a no-op on the other ranks):
+    lock it, refuse another run's record unless `ckpt_path` restarts that run, remove
+    stale partial checkpoints. Release with `release(directory)`.
+
+    Raises:
+        SeglabError: a running process holds the directory, or it holds another run.
+    """
+    if not launching_rank():
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(directory)
+    try:
+        previous = recorded_run(directory)
+        if previous is not None and not is_restart(ckpt_path, directory):
+            facts = ", ".join(
+                f"{key} {previous[key]}" for key in ("started", "status") if previous.get(key)
+            )
+            raise SeglabError(
+                f"{directory} already holds a run{f' ({facts})' if facts else ''}; give this "
+                "run another run_name, or ckpt_path=auto to continue that run"
+            )
+        lock.write_holder()
+        remove_stale_partials(directory)
+    except BaseException:
+        _release(directory)
+        raise
+
+
+def release(directory: str | Path) -> None:
+    """End this process's claim of `directory` (the lock goes with the last claim)."""
+    if launching_rank():
+        _release(Path(directory))
+
+
+@contextmanager
+def claimed(directory: str | Path, ckpt_path: Any = None) -> Iterator[Path]:
+    """`acquire` for the duration of a `with` block."""
+    acquire(directory, ckpt_path)
+    try:
+        yield Path(directory)
+    finally:
+        release(directory)
+
+
+class ClaimRunDir(Callback):
+    """Hydra callback: claims a single run's directory before Hydra writes into it (its
+    `.hydra/` files and the log), so that a refused run leaves another run's files as
+    they were; prints the refusal as one line and exits 1. A multirun's job directories
+    are new ones under the sweep directory; `seglab.train` claims those itself."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        directory = str(config.hydra.run.dir)
+        try:
+            acquire(directory, OmegaConf.select(config, "ckpt_path", throw_on_missing=False))
+        except SeglabError as err:
+            # Hydra turns a callback's Exception into a warning and goes on.
+            raise SystemExit(exit_message(err)) from None
+        self._directory = directory
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if getattr(self, "_directory", None) is not None:
+            release(self._directory)
