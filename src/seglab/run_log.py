@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from seglab.resume import timer_of
 
@@ -57,7 +58,10 @@ def stop_reason(trainer: L.Trainer) -> str:
         spent = timedelta(seconds=round(timer.time_elapsed("train")))
         return f"time budget trainer.max_time spent ({spent}) {where}"
     for callback in trainer.early_stopping_callbacks:
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+        if (
+            isinstance(callback, EarlyStopping)
+            and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+        ):
             why = callback.stopping_reason_message or f"{callback.monitor} stopped improving"
             return f"early stopping: {' '.join(why.split())} {where}"
     if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
