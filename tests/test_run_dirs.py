@@ -245,3 +245,17 @@ def test_a_kill_while_writing_a_checkpoint_leaves_no_partial_file_or_duplicate_b
     assert names == ["best-epoch001.ckpt", "last.ckpt"], names
     info = json.loads((run_dir / "run_info.json").read_text())
     assert [r["previous_status"] for r in info["restarts"]] == ["running"]
+
+
+@pytest.mark.slow
+def test_a_ddp_run_without_a_name_keeps_every_rank_in_one_directory(tmp_path):
+    """Lightning starts rank 1 with the launching process's hydra.run.dir: the directory
+    rank 0 claimed (not a second claim), which rank 1 enters though rank 0 holds it."""
+    code, output = _run(
+        "seglab.train", *README_TRAIN, "trainer=ddp_cpu", "trainer.devices=2", "report=false",
+        cwd=tmp_path,
+    )
+    assert code == 0, output[-3000:]
+    [run] = _run_dirs(tmp_path, "train")
+    assert json.loads((run / "run_info.json").read_text())["status"] == "finished"
+    assert (run / "metrics.json").is_file()
