@@ -8,6 +8,7 @@ import json
 import logging
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -298,6 +299,48 @@ def test_a_corrupt_cache_file_is_named_with_the_fix(tmp_path, damage):
     )
     with pytest.raises(SeglabError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    ("which", "array", "value"),
+    [("classification", "images", 0), ("segmentation", "images", 0), ("segmentation", "masks", 200)],
+)
+def test_a_cache_file_overwritten_in_place_is_named_with_the_fix(tmp_path, which, array, value):
+    """Issue 21: a zeroed images.npy trained to the end on black images, and mask bytes
+    set to 200 crashed with an IndexError that never named the cache. Same size, same
+    header: only the checksum taken at build time can tell."""
+    kind = KINDS[which]
+    kind.write(tmp_path / "data")
+
+    def make() -> SeglabDataModule:
+        return ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c"))
+
+    make()
+    folder = folders(tmp_path / "c", "train")[0]
+    path = folder / f"{array}.npy"
+    before = path.stat().st_size
+    stored = np.load(path, mmap_mode="r+")
+    stored[:] = value  # the data bytes only: the .npy header still parses
+    stored.flush()
+    del stored
+    assert path.stat().st_size == before
+    message = (
+        rf"data cache file {re.escape(str(path))} has the size its manifest says but not "
+        rf"the bytes .*; delete {re.escape(str(folder))} \(the next run rebuilds it\)"
+    )
+    with pytest.raises(SeglabError, match=message):
+        make()
+    shutil.rmtree(folder)  # the fix the line gives works
+    assert len(make().train_set) > 0
+
+
+def test_an_intact_cache_maps_with_its_checksums_checked(kind, tmp_path, decoded_files):
+    kind.write(tmp_path / "data")
+    first = items(ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c")).val_set)
+    decoded_files.clear()
+    again = ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c"))
+    assert decoded_files == []  # mapped, not rebuilt
+    assert_equal(items(again.val_set), first)
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])
