@@ -13,7 +13,11 @@ interpolation such as `${oc.env:SEGLAB_STORAGE}`), so that no file ever sees the
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 MASK = "***"
 
@@ -46,3 +50,40 @@ def redact(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(redact(item) for item in value)
     return value
+
+
+def redact_file(path: Path) -> None:
+    """Rewrite the text file `path` with every URL's password masked (left alone when it
+    holds none, so that its time stamp says when it was written)."""
+    text = path.read_text()
+    masked = redact_text(text)
+    if masked != text:
+        path.write_text(masked)
+
+
+class RedactHydraFiles(Callback):
+    """Hydra callback masking passwords in the files Hydra writes: a job's
+    `.hydra/{config,hydra,overrides}.yaml` (Hydra's run_job saves them just before it calls
+    `on_job_start`) and a sweep's `multirun.yaml`. Registered in conf/hydra/default.yaml
+    as `hydra.callbacks.redact`."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = config.hydra.output_subdir
+        if subdir is None:  # hydra.output_subdir=null: Hydra saved nothing
+            return
+        folder = Path(config.hydra.runtime.output_dir) / str(subdir)
+        for path in sorted(folder.glob("*.yaml")):
+            redact_file(path)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._redact_multirun(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra's basic sweeper writes multirun.yaml inside sweep(), after the start.
+        self._redact_multirun(config)
+
+    @staticmethod
+    def _redact_multirun(config: DictConfig) -> None:
+        path = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+        if path.is_file():
+            redact_file(path)

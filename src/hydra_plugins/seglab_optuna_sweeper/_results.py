@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from seglab.errors import one_line
+from seglab.secrets import redact, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _write_summary(
     if states["COMPLETE"]:
         best = study.best_trial
         summary |= {
-            "best_params": best.params,
+            "best_params": redact(best.params),
             "best_value": best.value,
             "best_trial": best.number,
             "best_run_dir": best.user_attrs.get(RUN_DIR_ATTR),
@@ -97,7 +98,8 @@ def _write_trials(trials: list[FrozenTrial], path: Path) -> None:
                     *(t.params.get(key) for key in keys),
                     None if duration is None else round(duration, 1),
                     t.user_attrs.get(RUN_DIR_ATTR),
-                    t.user_attrs.get(ERROR_ATTR)
+                    # An error may quote the storage URL (a connection refused).
+                    redact_text(t.user_attrs.get(ERROR_ATTR) or "")
                     or (NO_HEARTBEAT if t.state == TrialState.FAIL else None),
                     retry_of(t),
                     t.user_attrs.get(WORKER_ATTR),

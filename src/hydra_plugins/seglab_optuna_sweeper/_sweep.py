@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 
 from seglab.errors import SeglabError, one_line
+from seglab.secrets import redact_file
 from seglab.sweeps import TRIAL_KEY, Pruned, build_pruner, driver_url, open_storage, shown_url
 
 from ._results import (
@@ -126,6 +127,8 @@ class Sweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         if not (self.sweep_dir / "multirun.yaml").exists():  # a resumed sweep keeps the first
             OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+            # The storage URL given on the command line is in the sweep's overrides.
+            redact_file(self.sweep_dir / "multirun.yaml")
 
         study = self._open_study(url)
         self._announce(study, url)
