@@ -107,6 +107,19 @@ class RecordParams(L.Callback):
         path.write_text(json.dumps(self.params))
 
 
+class CopyTrialsCsv(L.Callback):
+    """Copies the sweep's trials.csv, as it is when this trial starts, into the trial's
+    run directory as trials_at_start.csv."""
+
+    def __init__(self, sweep_dir: str, output_dir: str) -> None:
+        self.sweep_dir, self.output_dir = Path(sweep_dir), Path(output_dir)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        source = self.sweep_dir / "trials.csv"
+        if source.is_file():
+            shutil.copy(source, self.output_dir / "trials_at_start.csv")
+
+
 def slow(seconds: float, trials: list[int] | None = None) -> list[str]:
     """Overrides adding `SlowFit` to every trial (it reads its own number)."""
     chosen = [] if trials is None else [f"+callbacks.slow.trials={trials}".replace(" ", "")]
@@ -397,6 +410,32 @@ def test_a_running_trial_whose_heartbeats_come_late_is_not_failed_by_its_own_swe
         cwd=tmp_path,
     )
     assert _states(_study(sweep_dir)) == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+
+
+@pytest.mark.slow
+def test_trials_csv_holds_each_trial_as_soon_as_it_ends(tmp_path):
+    """Not only at the end of the sweep: a sweep killed in its third trial keeps the
+    first two in trials.csv."""
+    sweep_dir = tmp_path / "sweep"
+    _cli(
+        *SWEEP,
+        *TINY,
+        "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=3",
+        f"+callbacks.copy_csv._target_={__name__}.CopyTrialsCsv",
+        "+callbacks.copy_csv.sweep_dir=${hydra:sweep.dir}",
+        "+callbacks.copy_csv.output_dir=${hydra:runtime.output_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert not (sweep_dir / "0" / "trials_at_start.csv").exists()  # none yet
+    for number in (1, 2):
+        with (sweep_dir / str(number) / "trials_at_start.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        assert [(r["number"], r["state"]) for r in rows] == [
+            (str(n), "COMPLETE") for n in range(number)
+        ]
+        assert all(float(r["value"]) >= 0 for r in rows)
 
 
 @pytest.mark.slow
@@ -697,6 +736,7 @@ def test_resume_fails_the_dead_trials_even_one_killed_before_its_first_heartbeat
 
     sweep = Sweep.__new__(Sweep)
     sweep.options = {"grace_period": 1}
+    sweep.sweep_dir = tmp_path
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep.storage = open_storage(url, heartbeat_interval=1, grace_period=1, retry_stale_trials=True)
     study = optuna.create_study(storage=sweep.storage, study_name="s")
@@ -706,6 +746,43 @@ def test_resume_fails_the_dead_trials_even_one_killed_before_its_first_heartbeat
     assert dead.state == TrialState.FAIL
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
     assert retry.params == dead.params
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_trial_failed_for_its_dead_process_says_failed_in_its_run_info_and_trials_csv(
+    tmp_path,
+):
+    """A trial killed with its sweep left run_info.json saying `running`; when the
+    sweeper fails it, the record says failed with the reason and keeps its other keys."""
+    from hydra_plugins.seglab_optuna_sweeper._results import NO_HEARTBEAT, RUN_DIR_ATTR
+    from hydra_plugins.seglab_optuna_sweeper._sweep import Sweep, SweeperStorage
+
+    sweep = Sweep.__new__(Sweep)
+    sweep.options = {"grace_period": 1}
+    sweep.sweep_dir = tmp_path
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep.storage = open_storage(
+        url, heartbeat_interval=1, grace_period=1, retry_stale_trials=True,
+        storage_class=SweeperStorage,
+    )  # fmt: skip
+    study = optuna.create_study(storage=sweep.storage, study_name="s")
+    run_dirs = [tmp_path / "0", tmp_path / "1"]
+    for run_dir, status in zip(run_dirs, ["running", "finished"], strict=True):
+        trial = study.ask({"x": IntDistribution(0, 9)})
+        trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+        run_dir.mkdir()
+        (run_dir / "run_info.json").write_text(json.dumps({"status": status, "seed": 7}))
+    sweep._fail_dead_trials(study)
+
+    killed = json.loads((run_dirs[0] / "run_info.json").read_text())
+    assert killed["status"] == "failed" and killed["error"] == NO_HEARTBEAT
+    assert killed["seed"] == 7 and "ended" in killed
+    # A run that recorded its own end keeps it.
+    assert json.loads((run_dirs[1] / "run_info.json").read_text())["status"] == "finished"
+    with (tmp_path / "trials.csv").open() as file:
+        rows = {r["number"]: r for r in csv.DictReader(file)}
+    assert rows["0"]["state"] == "FAIL" and rows["0"]["error"] == NO_HEARTBEAT
 
 
 def test_resuming_with_another_search_space_names_the_difference(tmp_path):

@@ -4,6 +4,7 @@
     optimization_results.yaml   best parameters, value, trial and run directory; counts
     trials.csv                  every trial: number, state, value, parameters, duration,
                                 run directory, error, the trial it retries, worker
+                                (also written after every trial, as the study stands)
     plots/*.html                optimization history, parameter importances, parallel
                                 coordinates (plotly; plotly.min.js beside them, offline)
 """
@@ -11,8 +12,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
+import threading
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +56,40 @@ def write_results(study: optuna.Study, sweep_dir: Path, storage: str) -> None:
     password hidden)."""
     trials = study.get_trials(deepcopy=False)
     _write_summary(study, trials, sweep_dir / "optimization_results.yaml", storage)
-    _write_trials(trials, sweep_dir / "trials.csv")
+    write_trials(trials, sweep_dir / "trials.csv")
     _write_plots(study, sweep_dir / "plots")
+
+
+def mark_run_failed(run_dir: str | Path | None, reason: str) -> None:
+    """Record in the trial's run_info.json that the sweeper failed it: a trial killed
+    with its sweep never wrote its end and stays `running` there. Its other keys are
+    kept; a run that recorded its own end keeps it."""
+    if run_dir is None:
+        return
+    path = Path(run_dir) / "run_info.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # never started, or a record that is not ours
+        return
+    if not isinstance(record, dict) or record.get("status") != "running":
+        return
+    record |= {
+        "status": "failed",
+        "error": redact_text(reason),
+        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _replace(path, json.dumps(record, indent=2) + "\n")
+
+
+# Trials end in several threads (n_jobs) and each writes trials.csv.
+_WRITING = threading.Lock()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a reader, or a kill, never sees half a file)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _write_summary(
@@ -82,10 +119,19 @@ def _write_summary(
     log.info("Results: %s", path)
 
 
-def _write_trials(trials: list[FrozenTrial], path: Path) -> None:
+def write_trials(trials: list[FrozenTrial], path: Path) -> None:
+    """trials.csv: every trial of the study as it stands (written after each trial)."""
     keys = sorted({key for t in trials for key in t.params})
     columns = ["number", "state", "value", *keys, "duration_s", "run_dir", "error", "retry_of"]
-    with path.open("w", newline="") as file:
+    with _WRITING:
+        _write_trials_csv(trials, keys, columns, path)
+
+
+def _write_trials_csv(
+    trials: list[FrozenTrial], keys: list[str], columns: list[str], path: Path
+) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow([*columns, "worker"])
         for t in trials:
@@ -105,6 +151,7 @@ def _write_trials(trials: list[FrozenTrial], path: Path) -> None:
                     t.user_attrs.get(WORKER_ATTR),
                 ]
             )
+    os.replace(partial, path)
 
 
 def _write_plots(study: optuna.Study, folder: Path) -> None:

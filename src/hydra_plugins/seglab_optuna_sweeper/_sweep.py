@@ -41,11 +41,14 @@ from seglab.sweeps import TRIAL_KEY, Pruned, build_pruner, driver_url, open_stor
 
 from ._results import (
     ERROR_ATTR,
+    NO_HEARTBEAT,
     RUN_DIR_ATTR,
     SURPLUS_ATTR,
     WORKER_ATTR,
+    mark_run_failed,
     retry_of,
     write_results,
+    write_trials,
 )
 from ._search_space import SearchSpace, describe, override_value, parse_search_space, suggest
 
@@ -81,6 +84,17 @@ class SweeperStorage(optuna.storages.RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return [i for i in super()._get_stale_trial_ids(study_id) if i not in self.alive]
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        retry = super().get_heartbeat_stale_trial_callback()
+
+        def failed_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+            # Its process died: its run_info.json still says running.
+            mark_run_failed(trial.user_attrs.get(RUN_DIR_ATTR), NO_HEARTBEAT)
+            if retry is not None:
+                retry(study, trial)
+
+        return failed_stale
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -318,6 +332,7 @@ class Sweep:
             time.sleep(1)
         dead = sorted({t.number for t in running} - {t.number for t in still})
         log.info("Trials whose process died, failed and queued again: %s", dead)
+        write_trials(study.get_trials(deepcopy=False), self.sweep_dir / "trials.csv")
 
     def _remaining(self, study: optuna.Study) -> int:
         """Trials still to run here: new ones up to n_trials, and the queued retries."""
@@ -326,6 +341,8 @@ class Sweep:
         return max(self.n_trials - len(counted(trials)), 0) + waiting
 
     def _stop_when_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # trials.csv as the study stands now, not only when the sweep ends.
+        write_trials(study.get_trials(deepcopy=False), self.sweep_dir / "trials.csv")
         if self._remaining(study) == 0:
             study.stop()
 
@@ -374,7 +391,9 @@ class Sweep:
             except Exception as err:  # the launcher lost the job: its process was killed
                 # Like a trial whose heartbeat stopped, it runs once more.
                 retry_stale(study, study.get_trials(deepcopy=False)[trial.number])
-                _fail(trial, f"its job was lost: {type(err).__name__}: {one_line(err)}")
+                reason = f"its job was lost: {type(err).__name__}: {one_line(err)}"
+                mark_run_failed(trial.user_attrs.get(RUN_DIR_ATTR), reason)
+                _fail(trial, reason)
             return _value(trial, result, self.config.get("optimized_metric"))
 
         return objective
