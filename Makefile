@@ -50,6 +50,7 @@ sweep: $(STAMP)  ## a small optuna sweep on shapes (4 trials, 2 at a time); ARGS
 
 dashboard: $(STAMP)  ## optuna-dashboard on a sweep's study: make dashboard SWEEP=<sweep dir> (or STORAGE=<database URL>)
 	@test -n "$(SWEEP)$(STORAGE)" || { echo "usage: make dashboard SWEEP=outputs/train/multirun/<time> | STORAGE=postgresql://user:password@host/db [ARGS=\"--port 8081\"]"; exit 2; }
+	@test -x $(VENV)/bin/optuna-dashboard || { echo "seglab: error: make dashboard needs optuna-dashboard, which is not installed: pip install 'seglab[dashboard]'"; exit 2; }
 	$(VENV)/bin/optuna-dashboard $(if $(STORAGE),$(subst postgresql://,postgresql+psycopg://,$(STORAGE)),sqlite:///$(abspath $(SWEEP))/optuna.db) $(ARGS)
 
 bench: $(STAMP)  ## seglab vs raw PyTorch throughput -> outputs/bench/; ARGS="--only loading"

@@ -4,6 +4,7 @@ project with its own config directory: the way `pip install seglab` users meet i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -12,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,3 +167,92 @@ def test_seglab_config_path_adds_and_replaces_options(installed, project):
         "seglab: error: SEGLAB_CONFIG_PATH names no/such/dir, which is not a directory; point "
         "it at your config folder (the one holding data/, experiment/, ...)"
     ]
+
+
+# --- a lean core install (issue 20) ---------------------------------------------------
+
+# Run as `python -c BLOCK <module or script.py> <args>`: the sweep extras (sweeps, dashboard,
+# launchers) fail to import, as in an environment installed without them, then <module>
+# runs as `python -m <module> <args>` would.
+BLOCK_EXTRAS = """\
+import runpy, sys
+BLOCKED = ("optuna", "optuna_dashboard", "plotly")
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+module, sys.argv = sys.argv[1], sys.argv[1:]
+if module.endswith(".py"):
+    runpy.run_path(module, run_name="__main__")
+else:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+EXTRAS = {"sweeps": {"optuna", "plotly"}, "dashboard": {"optuna-dashboard"},
+          "launchers": {"hydra-joblib-launcher", "hydra-submitit-launcher"}}  # fmt: skip
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_the_sweep_packages_are_extras_not_core_dependencies():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = _names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for extra, packages in EXTRAS.items():
+        assert packages <= _names(extras[extra]), extra
+        assert not packages & core, f"{packages & core} are core dependencies"
+    # `make install` (.[dev]) installs them all.
+    dev = re.search(r"seglab\[(.*)\]", extras["dev"][0]).group(1).split(",")
+    assert set(EXTRAS) <= set(dev)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_export_and_report_import_without_the_sweep_extras(tmp_path):
+    """The core commands, and Hydra's scan of seglab's plugins (the sweeper among them),
+    never import optuna or plotly."""
+    script = tmp_path / "core.py"
+    script.write_text(
+        "import sys\n"
+        "import seglab.train, seglab.evaluate, seglab.predict, seglab.export, seglab.report\n"
+        "import seglab.check_data\n"
+        "from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks\n"
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.sweeper import Sweeper\n"
+        "names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]\n"
+        "assert 'OptunaSweeper' in names, names\n"
+        "print('imported', sorted(m for m in sys.modules if m.startswith(('optuna', 'plotly'))))\n"
+    )
+    result = _run(
+        [sys.executable, "-c", BLOCK_EXTRAS, str(script)], cwd=tmp_path,
+        env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "imported []"
+
+
+@pytest.mark.slow
+def test_the_optuna_sweeper_without_optuna_is_one_line_naming_the_extra(tmp_path):
+    result = _run(
+        [sys.executable, "-c", BLOCK_EXTRAS, "seglab.train", "-m", "hydra/sweeper=seglab_optuna",
+         "optimizer.lr=tag(log,interval(0.0001,0.01))", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "seglab: error: hydra/sweeper=seglab_optuna needs optuna, which is not installed: "
+        "pip install 'seglab[sweeps]'"
+    )
+    assert not (tmp_path / "sweep").exists()  # stopped before any trial
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_has_every_console_script_the_readme_shows(installed, tmp_path):
+    venv, env = installed
+    shown = set(re.findall(r"\bseglab-[a-z]+(?:-[a-z]+)*", (REPO / "README.md").read_text()))
+    # seglab-report: added with issue 20; the README's note names it.
+    for name in sorted(shown | {"seglab-report"}):
+        script = venv / "bin" / name
+        assert script.is_file(), f"{name} is not installed"
+        _run([str(script), "--help"], cwd=tmp_path, env=env)

@@ -18,6 +18,18 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 
+def _require_optuna() -> None:
+    """optuna and plotly are the `sweeps` extra, not a core dependency (issue 20)."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        # One line, like seglab's commands; Hydra would print a traceback.
+        raise SystemExit(
+            "seglab: error: hydra/sweeper=seglab_optuna needs optuna, which is not "
+            "installed: pip install 'seglab[sweeps]'"
+        ) from None
+
+
 class OptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -33,6 +45,8 @@ class OptunaSweeper(Sweeper):
         grace_period: int = 90,
         params: Mapping[str, Any] | None = None,
     ) -> None:
+        _require_optuna()
+
         def plain(node: Any) -> Any:
             return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
