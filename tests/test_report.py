@@ -402,3 +402,11 @@ def test_train_writes_the_runs_report_by_default(make_cfg, tmp_path):
     metrics = train(make_cfg("report=true", "trainer.max_epochs=1", output_dir=tmp_path))
     page = (tmp_path / "report.html").read_text()
     assert "finished" in page and f"{metrics['test/mIoU']:.4f}" in page
+
+
+def test_the_stop_reason_is_shown_beside_the_status(tmp_path):
+    reason = "early stopping: val/mIoU did not improve for 3 epochs at epoch 3, batch 12/40"
+    run = make_run(tmp_path, "r", [], _metrics(0), stop_reason=reason)
+    html = write_report(run).read_text()
+    heading = html[html.index("<h1>") : html.index("</h1>")]
+    assert "finished" in heading and reason in heading

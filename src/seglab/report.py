@@ -165,6 +165,8 @@ def run_page(run_dir: Path, device: str | None = None) -> dict[str, Any]:
         "title": f"run {run_dir.name}",
         "run_dir": str(run_dir.resolve()),
         "status": info.get("status", "unknown"),
+        # Why the run ended (runs/ writes it: early stopping, max_epochs, a signal), beside the badge.
+        "stop_reason": info.get("stop_reason"),
         "error": info.get("error"),
         "command": shlex.join(str(a) for a in info.get("command", [])),
         "cwd": info.get("cwd"),
@@ -317,6 +319,7 @@ def _facts(info: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]
             facts.append((name, str(value)))
 
     add("status", info.get("status"))
+    add("stop reason", info.get("stop_reason"))
     add("started", info.get("started"))
     add("ended", info.get("ended"))
     add("duration", _duration(info.get("started"), info.get("ended")))
