@@ -39,6 +39,7 @@ def test_load_run_rebuilds_the_run_from_the_checkpoint_alone(make_cfg, tmp_path)
     assert OmegaConf.is_readonly(run.cfg)
     recorded = json.loads((run_dir / "run_info.json").read_text())
     assert recorded.pop("status") == "finished" and recorded.pop("ended")
+    assert recorded.pop("stop_reason") == "trainer.max_epochs=1 reached"
     assert run.info == recorded  # the checkpoint holds the run info, not how it ended
     assert type(run.datamodule) is ShapesClassificationDataModule
     assert run.datamodule is run.datamodule  # built once
