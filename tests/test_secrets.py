@@ -4,22 +4,12 @@ password on the command line that leaves it in no file of its sweep directory.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
-
-from seglab.secrets import RedactHydraFiles, redact, redact_text
 from test_sweeps import SWEEP, TINY, _cli, postgres  # noqa: F401  (postgres: the fixture)
 
-# Until conf/hydra/default.yaml registers the callback (hydra.callbacks.redact), the
-# sweep test adds it.
-_REGISTERED = (
-    "RedactHydraFiles" in (Path(__file__).parents[1] / "conf/hydra/default.yaml").read_text()
-)
-REGISTER = (
-    [] if _REGISTERED else ["+hydra.callbacks.redact._target_=seglab.secrets.RedactHydraFiles"]
-)
+from seglab.secrets import RedactHydraFiles, redact, redact_text
+
 # Distinctive, so that finding it in a checkpoint's bytes is no accident.
 PLANTED = "Pl4nted-pw-7q9x"
 
@@ -84,7 +74,6 @@ def test_a_postgres_sweep_with_its_password_on_the_command_line_leaves_it_in_no_
         f"hydra.sweeper.storage={url}",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep_dir}",
-        *REGISTER,
         cwd=tmp_path,
     )
     assert PLANTED not in result.stdout + result.stderr
