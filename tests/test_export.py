@@ -136,7 +136,7 @@ def test_onnx_metadata_round_trip(seg_ckpt, seg_onnx):
 def test_torchscript_segmentation_parity_and_metadata(seg_ckpt):
     result = export(_export_cfg(seg_ckpt, "format=torchscript"))
     path = Path(result["path"])
-    assert path == seg_ckpt.with_suffix(".pt") and path.is_file()
+    assert path == seg_ckpt.with_name(seg_ckpt.stem + ".torchscript.pt") and path.is_file()
     assert result["format"] == "torchscript"
     assert all(diff < ATOL for diff in result["max_abs_diff"].values())
 
@@ -287,6 +287,30 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def test_torchscript_default_next_to_a_model_pt_keeps_the_checkpoint(cls_ckpt, tmp_path):
+    # A checkpoint named model.pt: the old default output (same stem, .pt) was the
+    # checkpoint itself. Exporting twice (the README command rerun) must work too.
+    ckpt = tmp_path / "model.pt"
+    shutil.copyfile(cls_ckpt, ckpt)
+    before = ckpt.read_bytes()
+    for _ in range(2):
+        result = export(_export_cfg(ckpt, "format=torchscript"))
+        assert Path(result["path"]) == tmp_path / "model.torchscript.pt"
+    assert ckpt.read_bytes() == before
+
+
+def test_output_equal_to_the_checkpoint_is_refused(cls_ckpt, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    shutil.copyfile(cls_ckpt, ckpt)
+    before = ckpt.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(ckpt)
+    for output in (ckpt, link):
+        with pytest.raises(SeglabError, match="is the checkpoint itself"):
+            export(_export_cfg(ckpt, "format=torchscript", f"output={output}"))
+    assert ckpt.read_bytes() == before
 
 
 def test_cli_exports_and_prints_the_path(cls_ckpt, tmp_path):

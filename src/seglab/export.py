@@ -58,8 +58,9 @@ if TYPE_CHECKING:  # imported in `export` itself: it loads Lightning, seconds
 
 log = logging.getLogger(__name__)
 
-# format -> suffix of the default output path.
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+# format -> suffix of the default output path. TorchScript gets a two-part suffix so the
+# default never equals a checkpoint saved as `<stem>.pt` (it used to replace it).
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 METADATA_FILE = "metadata.json"  # TorchScript extra file holding the metadata
 # The second check shape grows each side by this much: a size the export never saw.
@@ -72,8 +73,22 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def default_output(ckpt_path: str | Path, fmt: str) -> Path:
-    """Next to the checkpoint, same stem: `best.ckpt` -> `best.onnx` or `best.pt`."""
-    return Path(ckpt_path).with_suffix(FORMATS[fmt])
+    """Next to the checkpoint, same stem: `best.ckpt` -> `best.onnx` or
+    `best.torchscript.pt`; never the checkpoint itself (`model.pt` -> `model.torchscript.pt`)."""
+    path = Path(ckpt_path)
+    return path.with_name(path.stem + FORMATS[fmt])
+
+
+def _refuse_overwriting_checkpoint(output: Path, ckpt_path: Path) -> None:
+    """Exporting over the checkpoint destroys the only copy of the trained weights."""
+    same = output.resolve() == ckpt_path.resolve() or (
+        output.exists() and output.samefile(ckpt_path)
+    )
+    if same:
+        raise SeglabError(
+            f"output={output} is the checkpoint itself; exporting would overwrite it: "
+            f"choose another output, e.g. output={default_output(ckpt_path, 'onnx')}"
+        )
 
 
 def check_shapes(task: str, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -357,6 +372,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     output = Path(cfg.output) if cfg.get("output") else default_output(ckpt_path, fmt)
     output = output.expanduser().resolve()
+    _refuse_overwriting_checkpoint(output, ckpt_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     log.info("Exporting %s (%s) from %s to %s", type(net).__name__, task, ckpt_path, output)
 
