@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -124,7 +125,10 @@ class _Lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            holder = held_by(directory)
+            # The holder writes itself down just after it took the lock: give it a moment.
+            deadline = time.monotonic() + 5
+            while not (holder := held_by(directory)) and time.monotonic() < deadline:
+                time.sleep(0.05)
             who = (
                 f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
                 if holder
