@@ -303,7 +303,11 @@ def test_a_corrupt_cache_file_is_named_with_the_fix(tmp_path, damage):
 
 @pytest.mark.parametrize(
     ("which", "array", "value"),
-    [("classification", "images", 0), ("segmentation", "images", 0), ("segmentation", "masks", 200)],
+    [
+        ("classification", "images", 0),
+        ("segmentation", "images", 0),
+        ("segmentation", "masks", 200),
+    ],
 )
 def test_a_cache_file_overwritten_in_place_is_named_with_the_fix(tmp_path, which, array, value):
     """Issue 21: a zeroed images.npy trained to the end on black images, and mask bytes
@@ -336,7 +340,9 @@ def test_a_cache_file_overwritten_in_place_is_named_with_the_fix(tmp_path, which
 
 def test_an_intact_cache_maps_with_its_checksums_checked(kind, tmp_path, decoded_files):
     kind.write(tmp_path / "data")
-    first = items(ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c")).val_set)
+    first = items(
+        ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c")).val_set
+    )
     decoded_files.clear()
     again = ready(kind.make(tmp_path / "data", cache="disk", cache_dir=tmp_path / "c"))
     assert decoded_files == []  # mapped, not rebuilt

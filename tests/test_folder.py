@@ -80,8 +80,8 @@ def subfolder_dataset(root: Path, **kwargs) -> Path:
 
 
 def test_index_masks_in_split_subfolders(tmp_path):
-    """Sub-folder splits; train samples are crops, eval samples full resolution (padded
-    to a multiple of 32 with ignore_index) and normalised like `to_input`."""
+    """Sub-folder splits; train samples are crops, eval samples full resolution, unpadded
+    (the module pads each batch as `seglab.predict` does) and normalised like `to_input`."""
     root = subfolder_dataset(tmp_path)
     # The per-sample path; test_cache.py shows a cache gives the same samples.
     dm = datamodule(root, cache="none")
@@ -94,16 +94,14 @@ def test_index_masks_in_split_subfolders(tmp_path):
     assert type(image) is torch.Tensor and type(mask) is torch.Tensor
 
     image, mask = dm.val_set[1]  # e.jpg with a mode-P mask
-    assert image.shape == (3, 64, 64) and mask.shape == (64, 64)
+    assert image.shape == (3, 40, 56) and mask.shape == (40, 56)
     raw_image = np.array(Image.open(root / "images" / "val" / "e.jpg").convert("RGB"))
     raw_mask = np.array(Image.open(root / "masks" / "val" / "e.png"))
-    assert torch.equal(mask[:40, :56], torch.from_numpy(raw_mask).long())
-    assert (mask[40:] == 255).all() and (mask[:, 56:] == 255).all()
-    assert torch.allclose(image[:, :40, :56], to_input(raw_image, MEAN, STD))
-    assert (image[:, 40:] == 0).all()
+    assert torch.equal(mask, torch.from_numpy(raw_mask).long())
+    assert torch.allclose(image, to_input(raw_image, MEAN, STD))
 
     images, masks = next(iter(dm.val_dataloader()))
-    assert images.shape == (2, 3, 64, 64) and masks.dtype == torch.int64
+    assert images.shape == (2, 3, 40, 56) and masks.dtype == torch.int64
 
 
 def test_palette_masks_decode_pixel_by_pixel_with_list_splits(tmp_path):
@@ -377,7 +375,7 @@ def test_bad_settings(tmp_path, kwargs, message):
 
 def test_train_end_to_end_on_a_folder(tmp_path):
     """`data=folder` through the real config and `train(cfg)`; val images (40x56) are
-    padded to 64x64, so the UNet sees stride-32 sizes everywhere."""
+    padded to 64x64 by the module's inference, so the UNet sees stride-32 sizes."""
     root = subfolder_dataset(tmp_path / "data", palette=PALETTE)
     cfg = compose(
         [

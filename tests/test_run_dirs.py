@@ -30,10 +30,17 @@ TIME_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(_\d+)?")
 def _start(module: str, *args: str, cwd: Path, log: Path) -> subprocess.Popen:
     """The command as a user types it; its output in `log` (a file: a pipe nobody reads
     while the run goes on would block it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
@@ -58,7 +65,10 @@ def test_the_run_dir_resolver_claims_a_new_directory_for_each_run(tmp_path):
     assert first.dir == f"{parent}/2026-01-02_03-04-05"
     assert second.dir == f"{parent}/2026-01-02_03-04-05_2"
     assert first.dir == f"{parent}/2026-01-02_03-04-05"  # read again: the same, no _3
-    assert sorted(p.name for p in parent.iterdir()) == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_2"]
+    assert sorted(p.name for p in parent.iterdir()) == [
+        "2026-01-02_03-04-05",
+        "2026-01-02_03-04-05_2",
+    ]
     named = OmegaConf.create({**pattern, "name": "x"})
     assert named.dir == f"{parent}/x" and not (parent / "x").exists()
 
@@ -67,7 +77,11 @@ def test_a_second_run_into_a_directory_holding_a_run_is_refused(make_cfg, tmp_pa
     run_dir = tmp_path / "x"
     train(make_cfg(*fast_run, output_dir=run_dir))
     record = (run_dir / "run_info.json").read_text()
-    with pytest.raises(SeglabError, match=r"x already holds a run \(started .*, status finished\); give this run another run_name, or ckpt_path=auto"):
+    with pytest.raises(
+        SeglabError,
+        match=r"x already holds a run \(started .*, status finished\); "
+        r"give this run another run_name, or ckpt_path=auto",
+    ):
         train(make_cfg(*fast_run, output_dir=run_dir))
     assert (run_dir / "run_info.json").read_text() == record  # left as it was
     train(make_cfg(*fast_run, "ckpt_path=auto", output_dir=run_dir))  # its own restart
@@ -78,7 +92,9 @@ def test_the_command_line_refuses_before_hydra_writes_anything(tmp_path):
     the other run's files stay as they were."""
     run_dir = tmp_path / "outputs" / "train" / "runs" / "x"
     run_dir.mkdir(parents=True)
-    (run_dir / "run_info.json").write_text(json.dumps({"started": "2026-01-01T00:00:00+00:00", "status": "finished"}))
+    (run_dir / "run_info.json").write_text(
+        json.dumps({"started": "2026-01-01T00:00:00+00:00", "status": "finished"})
+    )
     code, output = _run("seglab.train", *README_TRAIN, "run_name=x", cwd=tmp_path)
     assert code == 1
     assert output.strip().splitlines()[-1] == (
@@ -95,13 +111,21 @@ def test_a_held_directory_is_refused_and_names_its_holder(tmp_path):
     naming pid, host and since when; ranks > 0 of a DDP run never take it."""
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from seglab.rundir import acquire; "
-         f"acquire({str(run_dir)!r}, 'auto'); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from seglab.rundir import acquire; "
+            f"acquire({str(run_dir)!r}, 'auto'); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(SeglabError, match=rf"run is in use by a running run \(pid {holder.pid} on \S+, since \S+\); wait"):
+        with pytest.raises(
+            SeglabError,
+            match=rf"run is in use by a running run \(pid {holder.pid} on \S+, since \S+\); wait",
+        ):
             acquire(run_dir, "auto")
         assert held_by(run_dir)["pid"] == holder.pid
     finally:
@@ -119,8 +143,15 @@ def test_other_ranks_do_not_claim(tmp_path):
     (run_dir / "run_info.json").write_text("{}")
     try:
         rank1 = subprocess.run(
-            [sys.executable, "-c", f"from seglab.rundir import acquire; acquire({str(run_dir)!r}, None)"],
-            env={**os.environ, "LOCAL_RANK": "1"}, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-c",
+                f"from seglab.rundir import acquire; acquire({str(run_dir)!r}, None)",
+            ],
+            env={**os.environ, "LOCAL_RANK": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert rank1.returncode == 0, rank1.stderr
     finally:
@@ -144,7 +175,9 @@ def test_the_readme_train_command_twice_makes_two_run_directories(tmp_path):
 @pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path):
     processes = [
-        _start("seglab.train", *README_TRAIN, "report=false", cwd=tmp_path, log=tmp_path / f"{i}.txt")
+        _start(
+            "seglab.train", *README_TRAIN, "report=false", cwd=tmp_path, log=tmp_path / f"{i}.txt"
+        )
         for i in range(2)
     ]
     for i, process in enumerate(processes):
@@ -158,7 +191,11 @@ def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path):
 
 @pytest.mark.slow
 def test_the_readme_eval_command_twice_makes_two_run_directories(make_cfg, tmp_path):
-    train(make_cfg("trainer.max_epochs=1", "logger=none", "test=false", output_dir=tmp_path / "trained"))
+    train(
+        make_cfg(
+            "trainer.max_epochs=1", "logger=none", "test=false", output_dir=tmp_path / "trained"
+        )
+    )
     [ckpt] = (tmp_path / "trained" / "checkpoints").glob("best-*.ckpt")
     for _ in range(2):
         code, output = _run("seglab.evaluate", f"ckpt_path={ckpt}", cwd=tmp_path)
@@ -175,7 +212,9 @@ def test_a_second_process_with_the_same_run_name_and_auto_is_refused(tmp_path, t
     and the same command continues the run."""
     command = [*tiny, "scheduler=none", "run_name=x", "ckpt_path=auto", "logger=none"]
     start = [*command, "trainer.max_epochs=1000"]
-    processes = [_start("seglab.train", *start, cwd=tmp_path, log=tmp_path / f"{i}.txt") for i in range(2)]
+    processes = [
+        _start("seglab.train", *start, cwd=tmp_path, log=tmp_path / f"{i}.txt") for i in range(2)
+    ]
     try:
         deadline = time.monotonic() + 120
         while all(p.poll() is None for p in processes) and time.monotonic() < deadline:
@@ -222,17 +261,29 @@ class _Bomb:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_kill_while_writing_a_checkpoint_leaves_no_partial_file_or_duplicate_best(make_cfg, tmp_path, tiny):
+def test_a_kill_while_writing_a_checkpoint_leaves_no_partial_file_or_duplicate_best(
+    make_cfg, tmp_path, tiny
+):
     """Killed while writing epoch 1's last.ckpt (after its best-epoch001.ckpt): the resumed
     run removes the half-written file and writes epoch 1's best over its own, without a
     best-epoch001-v1.ckpt beside it."""
     run_dir = tmp_path / "run"
-    common = ["trainer.max_epochs=2", "logger=none", "callbacks.images=null", "ckpt_path=auto",
-              "test=false", "callbacks.model_checkpoint.monitor=step"]
+    common = [
+        "trainer.max_epochs=2",
+        "logger=none",
+        "callbacks.images=null",
+        "ckpt_path=auto",
+        "test=false",
+        "callbacks.model_checkpoint.monitor=step",
+    ]
     # every epoch is the best by step: two saves per epoch, best first, then last.ckpt
     code, output = _run(
-        "seglab.train", *tiny, *common, f"hydra.run.dir={run_dir}",
-        "+callbacks.kill._target_=test_run_dirs.KillWhileSaving", "+callbacks.kill.save=4",
+        "seglab.train",
+        *tiny,
+        *common,
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.kill._target_=test_run_dirs.KillWhileSaving",
+        "+callbacks.kill.save=4",
         cwd=tmp_path,
     )
     assert code == -signal.SIGKILL, output[-3000:]
@@ -252,7 +303,11 @@ def test_a_ddp_run_without_a_name_keeps_every_rank_in_one_directory(tmp_path):
     """Lightning starts rank 1 with the launching process's hydra.run.dir: the directory
     rank 0 claimed (not a second claim), which rank 1 enters though rank 0 holds it."""
     code, output = _run(
-        "seglab.train", *README_TRAIN, "trainer=ddp_cpu", "trainer.devices=2", "report=false",
+        "seglab.train",
+        *README_TRAIN,
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "report=false",
         cwd=tmp_path,
     )
     assert code == 0, output[-3000:]

@@ -63,15 +63,23 @@ def test_max_steps_says_where_it_stopped(make_cfg, tmp_path):
     run_dir = tmp_path / "run"
     train(make_cfg(*QUIET, "trainer.max_epochs=5", "+trainer.max_steps=3", output_dir=run_dir))
     # 8 training samples in batches of 4: step 3 is epoch 1's first batch
-    assert _info(run_dir)["stop_reason"] == "trainer.max_steps=3 reached at epoch 1, batch 1/2 (step 3)"
+    assert (
+        _info(run_dir)["stop_reason"]
+        == "trainer.max_steps=3 reached at epoch 1, batch 1/2 (step 3)"
+    )
 
 
 def test_early_stopping_says_why_and_where(make_cfg, tmp_path):
     run_dir = tmp_path / "run"
-    train(make_cfg(
-        *QUIET, "trainer.max_epochs=5", "callbacks=[default,early_stopping]",
-        "+callbacks.early_stopping.stopping_threshold=0.0", output_dir=run_dir,
-    ))
+    train(
+        make_cfg(
+            *QUIET,
+            "trainer.max_epochs=5",
+            "callbacks=[default,early_stopping]",
+            "+callbacks.early_stopping.stopping_threshold=0.0",
+            output_dir=run_dir,
+        )
+    )
     reason = _info(run_dir)["stop_reason"]
     assert reason.startswith("early stopping: Stopping threshold reached: val/mIoU = "), reason
     assert reason.endswith("at epoch 0, batch 2/2 (step 2)"), reason
@@ -81,7 +89,11 @@ def test_a_signal_is_a_stop_reason(make_cfg, tmp_path):
     from seglab.resume import Stopped
 
     run_dir = tmp_path / "run"
-    kill = ["+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.epoch=0", "+callbacks.kill.batch=0"]
+    kill = [
+        "+callbacks.kill._target_=test_resume.SignalAt",
+        "+callbacks.kill.epoch=0",
+        "+callbacks.kill.batch=0",
+    ]
     with pytest.raises(Stopped):
         train(make_cfg(*QUIET, "trainer.max_epochs=2", *kill, output_dir=run_dir))
     assert _info(run_dir)["stop_reason"] == "stopped by SIGTERM at epoch 0, batch 1/2 (step 1)"
@@ -91,14 +103,25 @@ class ShapesWithSplitFiles(ShapesDataModule):
     """The embedded shapes with the `split_files()` the base datamodule is to get."""
 
     def split_files(self) -> dict[str, list[str]]:
-        return {split: [f"shapes-{split}-{i:04d}" for i in range(n)]
-                for split, n in self.split_sizes.items()}
+        return {
+            split: [f"shapes-{split}-{i:04d}" for i in range(n)]
+            for split, n in self.split_sizes.items()
+        }
 
 
 def test_the_splits_are_written_into_the_run_directory(make_cfg, tmp_path):
     run_dir = tmp_path / "run"
-    train(make_cfg(*QUIET, "trainer.fast_dev_run=true", f"data._target_={__name__}.ShapesWithSplitFiles", output_dir=run_dir))
-    assert (run_dir / "splits" / "train.txt").read_text().splitlines() == [f"shapes-train-{i:04d}" for i in range(8)]
+    train(
+        make_cfg(
+            *QUIET,
+            "trainer.fast_dev_run=true",
+            f"data._target_={__name__}.ShapesWithSplitFiles",
+            output_dir=run_dir,
+        )
+    )
+    assert (run_dir / "splits" / "train.txt").read_text().splitlines() == [
+        f"shapes-train-{i:04d}" for i in range(8)
+    ]
     assert len((run_dir / "splits" / "val.txt").read_text().splitlines()) == 4
 
 
@@ -107,7 +130,13 @@ def test_an_error_is_recorded_as_the_consoles_one_line(make_cfg, tmp_path):
     recorded as the line the console prints, not Hydra's wrapper."""
     run_dir = tmp_path / "run"
     with pytest.raises(Exception) as raised:
-        train(make_cfg(*QUIET, "data.class_names=[background,ellipse,rectangle,hexagon]", output_dir=run_dir))
+        train(
+            make_cfg(
+                *QUIET,
+                "data.class_names=[background,ellipse,rectangle,hexagon]",
+                output_dir=run_dir,
+            )
+        )
     assert not isinstance(raised.value, SeglabError)  # Hydra's wrapper around it
     info = _info(run_dir)
     assert info["error"].startswith("seglab: error: ") and "hexagon" in info["error"], info["error"]
@@ -130,11 +159,21 @@ def test_no_password_reaches_a_record(make_cfg, tmp_path, monkeypatch):
 
 def test_a_corrupt_best_checkpoint_at_test_time_is_one_line(make_cfg, tmp_path):
     run_dir = tmp_path / "run"
-    train(make_cfg("logger=none", "callbacks.images=null", "trainer.max_epochs=1", output_dir=run_dir))
+    train(
+        make_cfg("logger=none", "callbacks.images=null", "trainer.max_epochs=1", output_dir=run_dir)
+    )
     [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
     best.write_bytes(best.read_bytes()[:1000])
     with pytest.raises(SeglabError) as raised:  # nothing left to fit: straight to the test
-        train(make_cfg("logger=none", "callbacks.images=null", "trainer.max_epochs=1", "ckpt_path=auto", output_dir=run_dir))
+        train(
+            make_cfg(
+                "logger=none",
+                "callbacks.images=null",
+                "trainer.max_epochs=1",
+                "ckpt_path=auto",
+                output_dir=run_dir,
+            )
+        )
     message = str(raised.value)
     assert message.startswith(f"the best checkpoint {best} cannot be read ("), message
     assert "\n" not in message and "test=false" in message

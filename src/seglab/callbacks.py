@@ -93,6 +93,10 @@ def _tensorboards(trainer: L.Trainer) -> list[Any]:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
+# The longest side of a sample tile in TensorBoard (smaller samples keep their size).
+TILE_SIDE = 256
+
+
 def _colour(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> torch.Tensor:
     """Class-index mask (H, W) -> uint8 RGB (3, H, W); labels outside the palette (void)
     are white."""
@@ -100,6 +104,40 @@ def _colour(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> torc
     index = mask.long().clone()
     index[(index < 0) | (index >= len(palette))] = len(palette)
     return table[index].permute(2, 0, 1)
+
+
+def _fitted(tile: np.ndarray, side: int, labels: bool) -> torch.Tensor:
+    """uint8 (H, W, 3) scaled to `side` on its longer side (labels stay crisp) on a white
+    `side` square: images of any size share one grid, each shown whole and nothing more.
+
+    Shape:
+        (H, W, 3) -> uint8 (3, side, side).
+    """
+    scale = side / max(tile.shape[:2])
+    size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
+    method = Image.NEAREST if labels or scale >= 1 else Image.BILINEAR
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(Image.fromarray(tile).resize(size, method))
+    return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
+
+
+def segmentation_tiles(
+    pictures: Sequence[np.ndarray],
+    targets: Sequence[torch.Tensor],
+    preds: Sequence[torch.Tensor],
+    palette: Sequence[tuple[int, int, int]],
+    side: int,
+) -> list[torch.Tensor]:
+    """image | truth | prediction per sample, each at the sample's own size fitted into a
+    `side` square (`_fitted`), for `make_grid(..., nrow=3)`."""
+    tiles = []
+    for picture, target, pred in zip(pictures, targets, preds, strict=True):
+        tiles += [
+            _fitted(picture, side, labels=False),
+            _fitted(_colour(target, palette).permute(1, 2, 0).numpy(), side, labels=True),
+            _fitted(_colour(pred, palette).permute(1, 2, 0).numpy(), side, labels=True),
+        ]
+    return tiles
 
 
 def _captioned(image: np.ndarray, caption: str, scale: int) -> torch.Tensor:
@@ -149,20 +187,17 @@ class ValidationImages(L.Callback):
         if not samples:
             return
         images, targets = zip(*samples, strict=True)
-        batch = torch.stack(images).to(pl_module.device)
+        preds = []
         with torch.no_grad():
-            logits = pl_module.predict_logits(batch)
-        preds = (class_indices(logits) if logits.ndim == 4 else logits.argmax(1)).cpu()
+            for image in images:  # each at its own size, as `seglab.predict` sees it
+                logits = pl_module.predict_logits(image[None].to(pl_module.device))
+                preds.append((class_indices(logits) if logits.ndim == 4 else logits.argmax(1))[0])
+        preds = [pred.cpu() for pred in preds]
         pictures = [from_input(image, datamodule.mean, datamodule.std) for image in images]
         step = trainer.global_step
         if pl_module.task == "segmentation":
-            tiles = []
-            for picture, target, pred in zip(pictures, targets, preds, strict=True):
-                tiles += [
-                    torch.from_numpy(picture).permute(2, 0, 1),
-                    _colour(target, datamodule.palette),
-                    _colour(pred, datamodule.palette),
-                ]
+            side = min(TILE_SIDE, max(max(p.shape[:2]) for p in pictures))
+            tiles = segmentation_tiles(pictures, targets, preds, datamodule.palette, side)
             grid = make_grid(tiles, nrow=3, padding=2, pad_value=255)
             for writer in writers:
                 writer.add_image("val/samples (image | truth | prediction)", grid, step)

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError
-from seglab.inference import class_indices
+from seglab.inference import SegmentationInference, class_indices
 from seglab.metrics import ClassificationMetrics, SegmentationMetrics
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -259,15 +259,24 @@ class SegmentationModule(TaskModule):
         scheduler_interval: "step" to advance the scheduler every optimizer step (the
             convention of poly, cosine and one-cycle schedules), "epoch" every epoch.
         inference: called as `inference(net, images)` for validation, test and
-            prediction logits (`predict_logits`) instead of `net(images)`, e.g.
+            prediction logits (`predict_logits`), e.g.
             `seglab.inference.SegmentationInference` for sliding-window or
-            test-time-augmented evaluation.
+            test-time-augmented evaluation; None: `SegmentationInference()`, the whole
+            image padded to a multiple of 32 as `seglab.predict` does by default.
     """
 
     task = "segmentation"
 
     def _make_metrics(self) -> SegmentationMetrics:
         return SegmentationMetrics(self.class_names, ignore_index=self.ignore_index)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the images' own size through `inference`; without one, through
+        `seglab.predict`'s default (`SegmentationInference()`: the whole image padded to
+        a multiple of 32, the logits cropped back), so validation and test during
+        training score the masks `seglab.predict` and the exported model would give."""
+        inference = self.inference if self.inference is not None else SegmentationInference()
+        return inference(self.net, images)
 
     def _metric_names(self) -> list[str]:
         return self.val_metrics.names

@@ -165,7 +165,7 @@ def run_page(run_dir: Path, device: str | None = None) -> dict[str, Any]:
         "title": f"run {run_dir.name}",
         "run_dir": str(run_dir.resolve()),
         "status": info.get("status", "unknown"),
-        # Why the run ended (runs/ writes it: early stopping, max_epochs, a signal), beside the badge.
+        # Why the run ended (early stopping, max_epochs, a signal), beside the badge.
         "stop_reason": info.get("stop_reason"),
         "error": info.get("error"),
         "command": shlex.join(str(a) for a in info.get("command", [])),
@@ -586,12 +586,10 @@ def _samples(
     """(image, target, prediction) triples as one PNG: rows of image | ground truth |
     prediction in the dataset's palette (segmentation), or images captioned with true and
     predicted class."""
-    import numpy as np
-    import torch
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from seglab.callbacks import _captioned, _colour
+    from seglab.callbacks import _captioned, segmentation_tiles
     from seglab.data.base import from_input
 
     if not picked:
@@ -599,24 +597,8 @@ def _samples(
     images, targets, preds = zip(*picked, strict=True)
     pictures = [from_input(image, datamodule.mean, datamodule.std) for image in images]
 
-    def shown(tile: np.ndarray, labels: bool) -> torch.Tensor:
-        """uint8 (H, W, 3) scaled to TILE_SIZE on its longer side (masks stay crisp) on a
-        white TILE_SIZE square, so that images of any size share the grid."""
-        scale = TILE_SIZE / max(tile.shape[:2])
-        size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
-        method = Image.NEAREST if labels or scale >= 1 else Image.BILINEAR
-        square = Image.new("RGB", (TILE_SIZE, TILE_SIZE), (255, 255, 255))
-        square.paste(Image.fromarray(tile).resize(size, method))
-        return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
-
     if segmentation:
-        tiles = []
-        for picture, target, pred in zip(pictures, targets, preds, strict=True):
-            tiles += [
-                shown(picture, labels=False),
-                shown(_colour(target, datamodule.palette).permute(1, 2, 0).numpy(), labels=True),
-                shown(_colour(pred, datamodule.palette).permute(1, 2, 0).numpy(), labels=True),
-            ]
+        tiles = segmentation_tiles(pictures, targets, preds, datamodule.palette, TILE_SIZE)
         grid = make_grid(tiles, nrow=3, padding=4, pad_value=255)
     else:
         scale = max(1, TILE_SIZE // max(pictures[0].shape[:2]))

@@ -3,7 +3,8 @@ epoch and, at the end, why and where the run stopped (`stop_reason`, also stored
 run_info.json); `splits/<split>.txt` lists the samples of each split.
 
     epoch 3 (of 0-9): train/loss 0.4121, val/mIoU 0.6120, val/loss 0.3802, val/acc 0.9120, 12.3 s
-    Run ended: early stopping: Monitored metric val/mIoU did not improve in the last 5 records ... at epoch 7, batch 50/50 (step 400)
+    Run ended: early stopping: Monitored metric val/mIoU did not improve in the last 5
+        records ... at epoch 7, batch 50/50 (step 400)
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ MASK = "***"
 
 # scheme://user:password@host: the password is everything after the first ':' of the
 # user-info part up to the last '@' before the host (passwords may hold '@' and ':').
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<password>[^\s/?#]*)@")
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<password>[^\s/?#]*)@"
+)
 
 
 def redact_text(text: str) -> str:

@@ -35,7 +35,6 @@ from seglab.cli import command
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
 from seglab.modules import build_module
-from seglab.run_log import RunLog, position, stop_reason, to_log_files
 from seglab.resume import (
     AtomicCheckpointIO,
     BudgetCheck,
@@ -45,6 +44,7 @@ from seglab.resume import (
     parse_max_time,
     resolve_resume,
 )
+from seglab.run_log import RunLog, position, stop_reason, to_log_files
 from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
 from seglab.tensorboard import log_hparams
 

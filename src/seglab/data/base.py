@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seglab.data.samplers import SeglabLoader, loader_sampler
+from seglab.data.samplers import SeglabLoader, distinct_sizes, eval_batch_sampler, loader_sampler
 from seglab.data.splits import check_folds, fold_split
 from seglab.errors import SeglabError
 from seglab.sizes import size_pair
@@ -39,6 +39,9 @@ class SeglabDataModule(L.LightningDataModule):
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
             num_workers None picks a count (`loader_workers`), pin_memory None pins host
             memory when CUDA is available, persistent_workers applies with workers only.
+            A val or test dataset with `sample_sizes` (int [N, 2], (height, width) per
+            sample) of more than one size is batched by size (`SizeGroupedBatchSampler`):
+            up to batch_size samples of one size each, in the dataset's order per size.
         folds: None trains and validates on the dataset's own splits; K >= 2 pools the
             train and val samples, deals them into K seeded folds (`seglab.data.splits`)
             and validates on fold `fold`, training on the others; the test split stays.
@@ -168,10 +171,24 @@ class SeglabDataModule(L.LightningDataModule):
         if shuffle:
             # The training order and batch augmentation derive from this seed alone.
             self._train_seed = torch.initial_seed()
+        workers = loader_workers(getattr(self, "trainer", None), self.num_workers)
+        sizes = getattr(dataset, "sample_sizes", None)
+        if not shuffle and distinct_sizes(sizes) > 1:
+            # Evaluation samples at their own sizes: each batch holds one size, as in
+            # `seglab.predict`, instead of padding all to the split's largest.
+            return SeglabLoader(
+                dataset,
+                batch_sampler=eval_batch_sampler(
+                    sizes, self.batch_size, world_size=world_size, rank=rank
+                ),
+                num_workers=workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers and workers > 0,
+                collate_fn=self.collate_fn,
+            )
         sampler = loader_sampler(
             len(dataset), shuffle=shuffle, world_size=world_size, rank=rank, seed=self._train_seed
         )
-        workers = loader_workers(getattr(self, "trainer", None), self.num_workers)
         return SeglabLoader(
             dataset,
             trainer=getattr(self, "trainer", None) if shuffle else None,

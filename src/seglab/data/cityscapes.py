@@ -115,7 +115,6 @@ class CityscapesDataModule(ImageMaskDataModule):
         scale_range: [min, max] random scale factor, relative to fitting the crop.
         hflip: probability of a horizontal flip in training.
         color_jitter: None or `v2.ColorJitter` arguments, for training images only.
-        size_divisor: evaluation samples are padded to a multiple of this.
         cache: "auto", "memory", "disk" or "none": decode every pair once (see
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
@@ -138,7 +137,6 @@ class CityscapesDataModule(ImageMaskDataModule):
         scale_range: Sequence[float] = (0.5, 2.0),
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
-        size_divisor: int = 32,
         cache: CacheMode = "auto",
         cache_dir: str | Path | None = None,
         batch_size: int = 8,
@@ -160,7 +158,6 @@ class CityscapesDataModule(ImageMaskDataModule):
             scale_range=scale_range,
             hflip=hflip,
             color_jitter=color_jitter,
-            size_divisor=size_divisor,
             cache=cache,
             cache_dir=cache_dir,
             batch_size=batch_size,

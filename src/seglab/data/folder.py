@@ -185,8 +185,6 @@ class FolderDataModule(ImageMaskDataModule):
         hflip: probability of a horizontal flip in training.
         color_jitter: None or `v2.ColorJitter` arguments (brightness, contrast,
             saturation, hue), for training images only.
-        size_divisor: evaluation samples are padded to a multiple of this (the net's
-            output stride: 32 for five-stage encoders).
         cache: "auto", "memory", "disk" or "none": decode every pair once (see
             `seglab.data.cache`); auto holds the splits in memory when they fit.
         cache_dir: where `cache="disk"` writes; None: `$XDG_CACHE_HOME/seglab`.
@@ -209,7 +207,6 @@ class FolderDataModule(ImageMaskDataModule):
         scale_range: Sequence[float] = (0.5, 2.0),
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
-        size_divisor: int = 32,
         cache: CacheMode = "auto",
         cache_dir: str | Path | None = None,
         batch_size: int = 8,
@@ -229,7 +226,6 @@ class FolderDataModule(ImageMaskDataModule):
             scale_range=scale_range,
             hflip=hflip,
             color_jitter=color_jitter,
-            size_divisor=size_divisor,
             cache=cache,
             cache_dir=cache_dir,
             batch_size=batch_size,

@@ -5,9 +5,10 @@ sample: the dataset that reads, decodes and transforms a split's pairs, and
 (`find_pairs`) and which fixed classes, label map and colours apply.
 
 Training samples are randomly scaled, cropped to `crop_size`, flipped and optionally
-colour-jittered; validation and test samples keep their full resolution and are only
-padded (mask: `ignore_index`) to the split's largest size, rounded up to a multiple of
-`size_divisor`, so they batch together and fit encoders with stride 32. With `cache` (see
+colour-jittered; validation and test samples keep their full resolution, unpadded: each
+evaluation batch holds samples of one size (`sample_sizes`, `SizeGroupedBatchSampler`)
+and the module pads each batch only as `seglab.predict` does, so evaluation scores the
+masks `predict` writes. With `cache` (see
 `seglab.data.cache`) every pair is decoded once, the training split yields the decoded
 uint8 pairs and the same augmentation runs on whole batches on the training device
 (`SegmentationBatchAugment`); validation and test samples read the cache and are
@@ -59,7 +60,7 @@ from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
 from seglab.data.masks import MaskDecoder, check_label_map, check_palette
 from seglab.data.pairs import Pair
 from seglab.data.splits import check_group_pattern, file_groups
-from seglab.data.transforms import Transform, eval_transform, pad_to, train_transform
+from seglab.data.transforms import Transform, eval_transform, train_transform
 from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class ImageMaskSegmentation(Dataset):
         split: "train", "val" or "test"; named in error messages.
         decoder: turns a mask file's PIL image into labels.
         transform: joint transform of uint8 `tv_tensors` (see `seglab.data.transforms`).
-        pad_size: (height, width) to pad every sample to after `transform`, or None.
-        ignore_index: mask value of the padding.
+        sample_sizes: int [N, 2], the (height, width) of every sample as stored, or None;
+            evaluation batches samples of one size together by it.
     """
 
     def __init__(
@@ -110,15 +111,13 @@ class ImageMaskSegmentation(Dataset):
         split: str,
         decoder: MaskDecoder,
         transform: Transform,
-        pad_size: tuple[int, int] | None = None,
-        ignore_index: int = 255,
+        sample_sizes: np.ndarray | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.split = split
         self.decoder = decoder
         self.transform = transform
-        self.pad_size = pad_size
-        self.ignore_index = ignore_index
+        self.sample_sizes = sample_sizes
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -140,10 +139,7 @@ class ImageMaskSegmentation(Dataset):
         return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.transform(*self.load(index))
-        if self.pad_size is not None:
-            image, mask = pad_to(image, mask, self.pad_size, self.ignore_index)
-        return image, mask
+        return self.transform(*self.load(index))
 
 
 class CachedSegmentation(ImageMaskSegmentation):
@@ -160,10 +156,8 @@ class CachedSegmentation(ImageMaskSegmentation):
         split: str,
         decoder: MaskDecoder,
         transform: Transform | None,
-        pad_size: tuple[int, int] | None = None,
-        ignore_index: int = 255,
     ) -> None:
-        super().__init__(pairs, split, decoder, transform, pad_size, ignore_index)
+        super().__init__(pairs, split, decoder, transform, segmentation_sizes(store))
         self.store = store
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -207,7 +201,7 @@ def as_stored(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Ten
 
 class ImageMaskDataModule(SeglabDataModule):
     """Semantic segmentation over (image file, mask file) pairs: loading, mask decoding,
-    transforms, padding and `check_splits`. A subclass only says where the pairs are
+    transforms and `check_splits`. A subclass only says where the pairs are
     (`find_pairs`) and passes its fixed decoding (`mask_palette`, `label_map`); its own
     constructor arguments are its YAML keys, passed on here by keyword (keyword-only).
 
@@ -220,8 +214,6 @@ class ImageMaskDataModule(SeglabDataModule):
         ignore_index: mask value of void pixels, in [0, 255] (masks are 8-bit).
         crop_size: side of the square training crops, and the model's `input_size`.
         scale_range, hflip, color_jitter: the training augmentation (`train_transform`).
-        size_divisor: evaluation samples are padded to a multiple of this (the net's
-            output stride: 32 for five-stage encoders).
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
         mask_palette: None for class-index masks; else one (r, g, b) per class to decode
             colour-coded masks, which also colours predictions.
@@ -254,7 +246,6 @@ class ImageMaskDataModule(SeglabDataModule):
         scale_range: Sequence[float] = (0.5, 2.0),
         hflip: float = 0.5,
         color_jitter: Mapping[str, float] | None = None,
-        size_divisor: int = 32,
         batch_size: int = 8,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -308,7 +299,6 @@ class ImageMaskDataModule(SeglabDataModule):
             color_jitter=dict(color_jitter) if color_jitter else None,
         )
         self.eval_transform = eval_transform(self.mean, self.std)
-        self.size_divisor = size_divisor
         self.crop_size = crop_size
         self.scale_range, self.hflip = scale_range, hflip
         self.color_jitter = dict(color_jitter) if color_jitter else None
@@ -330,14 +320,6 @@ class ImageMaskDataModule(SeglabDataModule):
     def palette(self) -> list[tuple[int, int, int]]:
         """The mask colours when masks are colour-coded, else the default palette."""
         return self.mask_palette or super().palette
-
-    def _pad_size(self, sizes: np.ndarray) -> tuple[int, int]:
-        """One pad size per evaluation split: its largest (height, width) rounded up to a
-        multiple of `size_divisor`, so full-resolution samples of different sizes batch
-        together and fit the net's stride."""
-        divisor = self.size_divisor
-        height, width = (int(-(-s // divisor) * divisor) for s in sizes.max(axis=0))
-        return height, width
 
     def _splits(self) -> dict[str, list[Pair]]:
         """The pairs of each split, this run's fold with `folds`; "test" only where it is
@@ -509,8 +491,7 @@ class ImageMaskDataModule(SeglabDataModule):
                     split,
                     self.decoder,
                     self.eval_transform,
-                    self._pad_size(split_sizes(split)),
-                    self.ignore_index,
+                    split_sizes(split),
                 )
         else:
             for split, pairs in splits.items():
@@ -523,8 +504,6 @@ class ImageMaskDataModule(SeglabDataModule):
                     split,
                     self.decoder,
                     self.eval_transform if evaluate else None,
-                    self._pad_size(segmentation_sizes(store)) if evaluate else None,
-                    self.ignore_index,
                 )
             self.collate_fn = pass_through
             self.train_batch_transform = SegmentationBatchAugment(

@@ -4,16 +4,18 @@ stands when a checkpoint is written.
 Training order is a pure function of (seed, epoch), so a resumed run sees the batches an
 uninterrupted one would; a checkpoint written inside an epoch records how many batches
 the epoch had consumed, and the resumed run's loader skips exactly those. Evaluation
-under DDP gives every sample to exactly one rank.
+under DDP gives every sample to exactly one rank; evaluation samples of different sizes
+are batched with the samples of their own size (`SizeGroupedBatchSampler`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -34,6 +36,64 @@ def loader_sampler(
     return None
 
 
+def distinct_sizes(sizes: np.ndarray | None) -> int:
+    """How many different (height, width) rows `sizes` (int [N, 2]) holds; 0 for None."""
+    if sizes is None or len(sizes) == 0:
+        return 0
+    return len(np.unique(np.asarray(sizes).reshape(len(sizes), -1), axis=0))
+
+
+class SizeGroupedBatchSampler(Sampler[list[int]]):
+    """Evaluation batches whose samples share one (height, width), so full-resolution
+    samples stack without padding them to a common size (which `seglab.predict` does not
+    do either: padding changes what the net sees near the borders, and costs compute).
+
+    The samples `sampler` gives (this rank's share under DDP) are grouped by size, the
+    groups in the order their first sample comes, each in `sampler`'s order, and every
+    group is cut into batches of up to `batch_size`: every sample once, deterministic.
+
+    Args:
+        sampler: the indices this process evaluates, in order: `range(N)` in one process,
+            an `UnpaddedDistributedSampler` under DDP.
+        sizes: int [N, 2], the (height, width) of every sample of the dataset.
+        batch_size: the most samples per batch.
+    """
+
+    def __init__(self, sampler: Iterable[int], sizes: np.ndarray, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.sampler = sampler
+        self.sizes = np.asarray(sizes)
+        self.batch_size = batch_size
+
+    def _batches(self) -> list[list[int]]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index in self.sampler:
+            groups.setdefault(tuple(self.sizes[index].tolist()), []).append(index)
+        size = self.batch_size
+        return [
+            group[start : start + size]
+            for group in groups.values()
+            for start in range(0, len(group), size)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def eval_batch_sampler(
+    sizes: np.ndarray, batch_size: int, *, world_size: int, rank: int
+) -> SizeGroupedBatchSampler:
+    """Size-grouped evaluation batches of this rank's share of the `len(sizes)` samples
+    (`UnpaddedDistributedSampler` under DDP: no sample on two ranks)."""
+    length = len(sizes)
+    sampler = loader_sampler(length, shuffle=False, world_size=world_size, rank=rank, seed=None)
+    return SizeGroupedBatchSampler(range(length) if sampler is None else sampler, sizes, batch_size)
+
+
 class SeglabLoader(DataLoader):
     """A DataLoader whose position inside a training epoch goes into checkpoints.
 
@@ -49,6 +109,13 @@ class SeglabLoader(DataLoader):
     def __init__(self, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.trainer = trainer
+        inner = getattr(kwargs.get("batch_sampler"), "sampler", None)
+        if isinstance(inner, DistributedSampler):
+            # A DataLoader given a batch sampler reports a SequentialSampler as its
+            # `sampler`; Lightning, seeing no DistributedSampler there, would rebuild the
+            # loader around its own, which pads ranks with repeated samples (counted twice
+            # in the metrics). Report the rank's sampler the batches are drawn from.
+            object.__setattr__(self, "sampler", inner)
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self.trainer
