@@ -451,8 +451,14 @@ def test_decode_settings_key_the_cache(tmp_path, decoded_files, caplog):
 
     write_pairs(tmp_path / "pairs")
     plain = ready(_folder(tmp_path / "pairs", cache="disk", cache_dir=tmp_path / "c"))
-    mapped = ready(
-        _folder(tmp_path / "pairs", cache="disk", cache_dir=tmp_path / "c", label_map={2: 255})
+    mapped = ready(  # class 2 mapped away on purpose: no label check
+        _folder(
+            tmp_path / "pairs",
+            cache="disk",
+            cache_dir=tmp_path / "c",
+            label_map={2: 255},
+            check_labels=False,
+        )
     )
     before, after = plain.train_set[0][1], mapped.train_set[0][1]
     assert (before == 2).any() and torch.equal(after, torch.where(before == 2, 255, before))

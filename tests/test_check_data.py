@@ -72,14 +72,16 @@ def test_every_bad_sample_is_reported_and_the_scan_goes_on():
     val = _Masks([_mask(0, 1, 9, 255)])
     result = scan(_InMemory(train, val))
     problems = result["problems"]
-    assert len(problems) == 3, problems
-    assert "train sample 0 has label values [7]" in problems[0]
-    assert "cannot read image /data/2.png (train split)" in problems[1]
-    assert "val sample 0 has label values [9]" in problems[2]
+    assert len(problems) == 4, problems
+    # No train pixel is 'car': the problem that would make training silently wrong first.
+    assert "class 'car' (2) has no pixels" in problems[0]
+    assert "train sample 0 has label values [7]" in problems[1]
+    assert "cannot read image /data/2.png (train split)" in problems[2]
+    assert "val sample 0 has label values [9]" in problems[3]
     assert result["splits"]["train"]["readable"] == 2
-    assert result["warnings"] == ["classes with no pixels in the train split: ['car']"]
+    assert result["warnings"] == []
     text = format_report(result)
-    assert "3 problem(s):" in text and "/data/2.png" in text
+    assert "4 problem(s):" in text and "/data/2.png" in text
 
 
 def test_class_weights_leave_absent_classes_at_zero():
@@ -88,7 +90,7 @@ def test_class_weights_leave_absent_classes_at_zero():
 
 
 def test_limit_reads_only_the_first_samples():
-    train = _Masks([_mask(0, 0, 0, 0), _mask(1, 1, 1, 1)], broken=(1,))
+    train = _Masks([_mask(0, 1, 2, 0), _mask(1, 1, 1, 1)], broken=(1,))
     result = scan(_InMemory(train, _Masks([_mask(0, 0, 0, 0)])), limit=1)
     assert result["problems"] == []
     assert result["splits"]["train"]["samples"] == 1
@@ -208,6 +210,7 @@ def test_folder_scan_names_non_image_files_and_masks_that_are_not_png(tmp_path):
 
     root = tmp_path / "data"
     image, mask = np.full((8, 10, 3), 100), np.zeros((8, 10))
+    mask[:, 5:] = 1  # both classes in the train split
     for split, stem in (("train", "train1"), ("train", "train2"), ("val", "val1")):
         _png(root / "images" / split / f"{stem}.png", image)
         _png(root / "masks" / split / f"{stem}.png", mask)

@@ -36,7 +36,7 @@ def paths(root: Path, split: str, city: str, frame: str) -> tuple[Path, Path]:
 
 
 def write_cityscapes(root: Path, cities: dict = CITIES, seed: int = 0) -> Path:
-    """Random images and labelIds masks (blocky, any ID 0-33), plus the colour and
+    """Random images and labelIds masks (blocky, every train ID in each), plus the colour and
     instance files of gtFine that must not be read as masks."""
     rng = np.random.default_rng(seed)
     height, width = SIZE
@@ -49,6 +49,7 @@ def write_cityscapes(root: Path, cities: dict = CITIES, seed: int = 0) -> Path:
                 image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
                 Image.fromarray(image).save(image_path)
                 cells = rng.choice(VALID_IDS, size=(height // 8, width // 8))
+                cells.flat[: len(VALID_IDS)] = VALID_IDS  # every class in every split
                 Image.fromarray(np.kron(cells, np.ones((8, 8), np.uint8))).save(mask_path)
                 stem = mask_path.name.removesuffix("_labelIds.png")
                 Image.new("RGB", (width, height)).save(mask_path.with_name(f"{stem}_color.png"))

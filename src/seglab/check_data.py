@@ -37,6 +37,7 @@ from seglab.data.base import SPLITS, SeglabDataModule
 from seglab.data.cache import MEMORY_SHARE, available_memory, decoded_nbytes
 from seglab.data.folder import FolderDataModule
 from seglab.data.io import IMAGE_SUFFIXES
+from seglab.data.labels import label_problem
 from seglab.data.pairs import MASK_SUFFIX
 from seglab.errors import SeglabError
 
@@ -86,6 +87,11 @@ class _SampleSummaries(Dataset):
         hist = np.zeros(self.num_classes, np.int64)
         hist[values[in_range].numpy()] = counts[in_range].numpy()
         summary["counts"] = hist
+        if self.task == "segmentation":  # every 8-bit value, void included (labels.py)
+            byte = (values >= 0) & (values < 256)
+            values256 = np.zeros(256, np.int64)
+            values256[values[byte].numpy()] = counts[byte].numpy()
+            summary["values"] = values256
         bad = [int(v) for v in values[~in_range] if int(v) != self.ignore_index]
         if bad:
             summary["error"] = (
@@ -102,6 +108,7 @@ class SplitReport:
     samples: int = 0
     readable: int = 0
     counts: np.ndarray | None = None  # per class: pixels or images
+    values: np.ndarray | None = None  # segmentation: pixels per 8-bit label value
     sizes: set[tuple[int, int]] = field(default_factory=set)
     channel_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
     channel_sq_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
@@ -110,6 +117,9 @@ class SplitReport:
     def add(self, summary: dict[str, Any]) -> None:
         self.readable += 1
         self.counts = summary["counts"] if self.counts is None else self.counts + summary["counts"]
+        if "values" in summary:
+            values = summary["values"]
+            self.values = values if self.values is None else self.values + values
         self.sizes.add(summary["size"])
         self.channel_sum += summary["channel_sum"]
         self.channel_sq_sum += summary["channel_sq_sum"]
@@ -250,7 +260,17 @@ def scan(
     train = reports.get("train")
     if train is not None and train.counts is not None:
         absent = [n for n, c in zip(names, train.counts, strict=True) if c == 0]
-        if absent:
+        if train.values is not None:  # the same line `setup` stops training with
+            problem = label_problem(
+                train.values,
+                names,
+                datamodule.ignore_index,
+                f"the {train.readable} train masks",
+                getattr(datamodule, "label_map", None),
+            )
+            if problem is not None:
+                problems.insert(0, problem)
+        elif absent:
             warnings.append(f"classes with no {unit} in the train split: {absent}")
         present = train.counts[train.counts > 0]
         result["imbalance"] = float(present.max() / present.min()) if len(present) else None

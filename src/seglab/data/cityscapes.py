@@ -122,6 +122,8 @@ class CityscapesDataModule(ImageMaskDataModule):
         split_seed: seeds the folds of cross-validation (the splits are the dataset's).
         folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
             folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
+        check_labels: stop at setup when a class has no train pixels or most pixels are
+            ignore_index (masks saved as 0/255; see `seglab.data.labels`).
     """
 
     no_test_reason = "test_split=val (the public Cityscapes test masks carry no labels)"
@@ -147,6 +149,7 @@ class CityscapesDataModule(ImageMaskDataModule):
         folds: int | None = None,
         fold: int = 0,
         group_pattern: str | None = None,
+        check_labels: bool = True,
     ) -> None:
         check_class_names(class_names, CITYSCAPES_CLASSES, "Cityscapes")
         super().__init__(
@@ -168,6 +171,7 @@ class CityscapesDataModule(ImageMaskDataModule):
             folds=folds,
             fold=fold,
             group_pattern=group_pattern,
+            check_labels=check_labels,
             label_map=label_map(ignore_index),
             value_fix=(
                 f"Cityscapes masks hold label IDs 0-{MAX_LABEL_ID}; read *{MASK_SUFFIX} files "

@@ -191,6 +191,8 @@ class FolderDataModule(ImageMaskDataModule):
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
         folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
             folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
+        check_labels: stop at setup when a class has no train pixels or most pixels are
+            ignore_index (masks saved as 0/255; see `seglab.data.labels`).
     """
 
     def __init__(
@@ -216,6 +218,7 @@ class FolderDataModule(ImageMaskDataModule):
         folds: int | None = None,
         fold: int = 0,
         group_pattern: str | None = None,
+        check_labels: bool = True,
     ) -> None:
         super().__init__(
             root=root,
@@ -236,6 +239,7 @@ class FolderDataModule(ImageMaskDataModule):
             folds=folds,
             fold=fold,
             group_pattern=group_pattern,
+            check_labels=check_labels,
             mask_palette=palette,
             label_map=label_map,
         )

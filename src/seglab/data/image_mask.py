@@ -57,6 +57,7 @@ from seglab.data.cache import (
 )
 from seglab.data.headers import Header, raise_all, read_headers
 from seglab.data.io import PIL_ERRORS, UnreadableImage, read_rgb
+from seglab.data.labels import SAMPLED_MASKS, histogram, label_problem
 from seglab.data.masks import MaskDecoder, check_label_map, check_palette
 from seglab.data.pairs import Pair
 from seglab.data.splits import check_group_pattern, file_groups
@@ -229,6 +230,9 @@ class ImageMaskDataModule(SeglabDataModule):
         group_pattern: with `folds`, a regular expression searched in each image's file
             name; the images giving the same first group (or whole match) are one group
             (a video, a patient) that no fold boundary splits. None: every image alone.
+        check_labels: at `setup("fit")`, stop when a class has no train pixels or most
+            pixels are `ignore_index` (`seglab.data.labels`: masks saved as 0/255); the
+            labels are counted over the cache, else over up to 256 train masks.
     """
 
     task = "segmentation"
@@ -259,6 +263,7 @@ class ImageMaskDataModule(SeglabDataModule):
         folds: int | None = None,
         fold: int = 0,
         group_pattern: str | None = None,
+        check_labels: bool = True,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -273,6 +278,7 @@ class ImageMaskDataModule(SeglabDataModule):
             fold=fold,
         )
         self.split_seed = split_seed
+        self.check_labels = check_labels
         self.group_pattern = check_group_pattern(group_pattern)
         if not 0 <= ignore_index <= 255:
             raise SeglabError(
@@ -515,6 +521,8 @@ class ImageMaskDataModule(SeglabDataModule):
                 hflip=self.hflip,
                 color_jitter=self.color_jitter,
             )
+        if "train" in sets and self.check_labels:
+            self._check_train_labels(sets["train"])
         self.train_set, self.val_set = sets.get("train"), sets["val"]
         self.test_set = sets.get("test", self.val_set)
         log.info(
@@ -524,6 +532,25 @@ class ImageMaskDataModule(SeglabDataModule):
             len(self.val_set),
             len(self.test_set),
         )
+
+    def _check_train_labels(self, train: ImageMaskSegmentation) -> None:
+        """Raise `seglab.data.labels.label_problem` for the train split's labels: all of
+        them from a cache, else those of up to `SAMPLED_MASKS` evenly spaced masks."""
+        if isinstance(train, CachedSegmentation):
+            counts = np.bincount(np.asarray(train.store["masks"]), minlength=256)
+            where = f"the {len(train)} train masks of data.root={self.root}"
+        else:
+            count = min(len(train.pairs), SAMPLED_MASKS)
+            picked = np.linspace(0, len(train.pairs) - 1, count).round().astype(int)
+            masks = (
+                self.decoder(_read(mask, "mask", "train"), mask, "train")
+                for mask in (train.pairs[i][1] for i in picked)
+            )
+            counts = histogram(masks)
+            where = f"{count} of the {len(train.pairs)} train masks of data.root={self.root}"
+        problem = label_problem(counts, self.class_names, self.ignore_index, where, self.label_map)
+        if problem is not None:
+            raise SeglabError(problem)
 
     def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
         """Every split's pairs as stored (`as_stored`: no augmentation, no padding) and

@@ -86,6 +86,8 @@ class VOCDataModule(ImageMaskDataModule):
         split_seed: seeds the folds of cross-validation (the splits are the dataset's).
         folds, fold, group_pattern: cross-validation on the pooled train and val pairs,
             folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
+        check_labels: stop at setup when a class has no train pixels or most pixels are
+            ignore_index (masks saved as 0/255; see `seglab.data.labels`).
     """
 
     no_test_reason = "Pascal VOC has no public test masks"
@@ -114,6 +116,7 @@ class VOCDataModule(ImageMaskDataModule):
         folds: int | None = None,
         fold: int = 0,
         group_pattern: str | None = None,
+        check_labels: bool = True,
     ) -> None:
         check_class_names(class_names, VOC_CLASSES, "Pascal VOC")
         super().__init__(
@@ -135,6 +138,7 @@ class VOCDataModule(ImageMaskDataModule):
             folds=folds,
             fold=fold,
             group_pattern=group_pattern,
+            check_labels=check_labels,
             # Index masks; only a different ignore_index needs VOC's void renumbered.
             label_map={VOC_VOID: ignore_index} if ignore_index != VOC_VOID else None,
             value_fix=(
