@@ -38,6 +38,19 @@ def to_log_files(level: int, message: str, exc_info: Any = None) -> None:
             handler.handle(record)
 
 
+# Error lines already written to the log files by this process (`to_log_files_once`).
+_written: set[str] = set()
+
+
+def to_log_files_once(level: int, message: str, exc_info: Any = None) -> None:
+    """`to_log_files`, unless this process wrote `message` there already (a run's own
+    handler wrote its error before the command's wrapper got it)."""
+    if message in _written:
+        return
+    _written.add(message)
+    to_log_files(level, message, exc_info)
+
+
 def position(trainer: L.Trainer) -> str:
     """Where the fit stands: "at epoch E, batch B/N (step S)" (epochs counted from 0, as
     in checkpoint names)."""

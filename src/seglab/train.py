@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from seglab import rundir
 from seglab.checkpoint import RunRecord, json_value, read_checkpoint
@@ -44,7 +45,7 @@ from seglab.resume import (
     parse_max_time,
     resolve_resume,
 )
-from seglab.run_log import RunLog, position, stop_reason, to_log_files
+from seglab.run_log import RunLog, position, stop_reason, to_log_files, to_log_files_once
 from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
 from seglab.tensorboard import log_hparams
 
@@ -155,7 +156,20 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
 
 
 def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float | None]:
-    record = RunRecord(OmegaConf.to_container(cfg, resolve=True), output_dir)
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        # A key left ??? or options that do not go together (model=cnn data=folder):
+        # recorded as a failed run, with the config as written, before it stops.
+        from seglab.cli import config_error
+
+        error = config_error(err, cfg) or SeglabError(one_line(err))
+        record = RunRecord(OmegaConf.to_container(cfg, resolve=False), output_dir)
+        record.start()
+        to_log_files_once(logging.ERROR, exit_message(error))
+        record.finish(error, stop_reason="failed before training")
+        raise error from None
+    record = RunRecord(config, output_dir)
     record.start()
     signals = cfg.get("signals") or {}
     stopper = StopOnSignal(
@@ -180,7 +194,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float | None]:
             record.finish(err, status="stopped", stop_reason=str(err).split("; ")[0])
             raise err from None
         if isinstance(err, SeglabError):
-            to_log_files(logging.ERROR, exit_message(err))
+            to_log_files_once(logging.ERROR, exit_message(err))
         else:
             to_log_files(logging.ERROR, f"run failed: {one_line(err)}", sys.exc_info())
         record.finish(err, stop_reason=f"failed {where}")
