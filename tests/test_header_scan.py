@@ -87,7 +87,7 @@ def assert_names_all(err: SeglabError, planted: list[Path]) -> None:
     assert f"cannot read image {planted[0]} (train split): " in text
     assert f"cannot read image {planted[1]} (train split): cannot identify image file" in text
     assert f"mask {planted[2]} (val split) is a RGB image" in text
-    assert "is 40x24 (W x H, test split); a mask must have its image's size" in text
+    assert "is 40x24 (W x H, test split), another aspect ratio" in text
 
 
 @pytest.mark.parametrize("cache", ["none", "memory", "disk"])

@@ -18,6 +18,7 @@ outputs/check_data/runs/<time>/report.json. Exit status 1 when a problem was fou
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import logging
@@ -38,7 +39,7 @@ from seglab.data.cache import MEMORY_SHARE, available_memory, decoded_nbytes
 from seglab.data.folder import FolderDataModule
 from seglab.data.io import IMAGE_SUFFIXES
 from seglab.data.labels import label_problem
-from seglab.data.pairs import MASK_SUFFIX
+from seglab.data.pairs import LOSSY_MASK_SUFFIXES, MASK_SUFFIX
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,11 @@ def stray_files(datamodule: SeglabDataModule) -> list[str]:
                         f"{path} is not an image file; it is not used (images: {listed}, any case)"
                     )
                 elif folder == mask_dir:
+                    if suffix in LOSSY_MASK_SUFFIXES and (
+                        datamodule.decoder.threshold is not None  # read by the threshold
+                        or any(image_dir.glob(f"{glob.escape(path.stem)}.*"))  # told already
+                    ):
+                        continue
                     why = (
                         "lossy compression changes the label values"
                         if suffix in LOSSY_SUFFIXES

@@ -87,15 +87,15 @@ def _ratio_split(
     }
 
 
-def _all_pairs(images: Path, masks: Path, problems: Problems) -> list[Pair]:
-    pairs = pair_files(images, masks, problems)
+def _all_pairs(images: Path, masks: Path, problems: Problems, lossy: bool) -> list[Pair]:
+    pairs = pair_files(images, masks, problems, lossy)
     if not pairs:
         problems.add(f"found no image/mask pairs in {images} and {masks}; {LAYOUT}")
     return pairs
 
 
 def _subfolder_splits(
-    images: Path, masks: Path, problems: Problems, reported: set[str]
+    images: Path, masks: Path, problems: Problems, reported: set[str], lossy: bool
 ) -> dict[str, list[Pair]]:
     splits: dict[str, list[Pair]] = {}
     for split in SPLITS:
@@ -108,14 +108,15 @@ def _subfolder_splits(
             )
             reported.add(split)
             continue
-        splits[split] = pair_files(images / split, masks / split, problems)
+        splits[split] = pair_files(images / split, masks / split, problems, lossy)
     return splits
 
 
 def _list_splits(
-    root: Path, images: Path, masks: Path, problems: Problems
+    root: Path, images: Path, masks: Path, problems: Problems, lossy: bool
 ) -> dict[str, list[Pair]]:
-    pairs = {image.stem: (image, mask) for image, mask in _all_pairs(images, masks, problems)}
+    found = _all_pairs(images, masks, problems, lossy)
+    pairs = {image.stem: (image, mask) for image, mask in found}
     splits: dict[str, list[Pair]] = {}
     seen: dict[Path, str] = {}
     for split in SPLITS:
@@ -139,10 +140,11 @@ def find_splits(
     split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
     problems: Problems | None = None,
+    lossy_masks: bool = False,
 ) -> dict[str, list[Pair]]:
     """The (image, mask) pairs of each split under `root` (see the module docstring):
     "train" and "val", and "test" where the folder has one. `problems`: where to report
-    what is wrong; None raises on the first."""
+    what is wrong; None raises on the first. `lossy_masks`: JPEG masks pair too."""
     problems = Problems(strict=True) if problems is None else problems
     if not root.is_dir():
         problems.add(f"data.root={root} does not exist or is not a folder; {LAYOUT}")
@@ -153,11 +155,11 @@ def find_splits(
         return {}
     reported: set[str] = set()  # splits whose problem is already told
     if (images / "train").is_dir():
-        splits = _subfolder_splits(images, masks, problems, reported)
+        splits = _subfolder_splits(images, masks, problems, reported, lossy_masks)
     elif any((root / f"{split}.txt").is_file() for split in SPLITS):
-        splits = _list_splits(root, images, masks, problems)
+        splits = _list_splits(root, images, masks, problems, lossy_masks)
     else:
-        pairs = _all_pairs(images, masks, problems)
+        pairs = _all_pairs(images, masks, problems, lossy_masks)
         return _ratio_split(pairs, split_ratios, split_seed, root, problems) if pairs else {}
     for split in ("train", "val"):
         if not splits.get(split) and split not in reported:
@@ -193,6 +195,11 @@ class FolderDataModule(ImageMaskDataModule):
             folds of whole `group_pattern` groups (see `ImageMaskDataModule`).
         check_labels: stop at setup when a class has no train pixels or most pixels are
             ignore_index (masks saved as 0/255; see `seglab.data.labels`).
+        mask_threshold: None, or binary masks read by a threshold: grey >= it is class 1,
+            else 0; JPEG masks (`masks/<name>.jpg`) are then accepted (lossy files).
+        resize_images: an image of another size than its mask, with the same aspect
+            ratio, is resized to the mask's grid (the labels' resolution); a different
+            aspect ratio is still refused.
     """
 
     def __init__(
@@ -219,6 +226,8 @@ class FolderDataModule(ImageMaskDataModule):
         fold: int = 0,
         group_pattern: str | None = None,
         check_labels: bool = True,
+        mask_threshold: int | None = None,
+        resize_images: bool = False,
     ) -> None:
         super().__init__(
             root=root,
@@ -240,10 +249,13 @@ class FolderDataModule(ImageMaskDataModule):
             fold=fold,
             group_pattern=group_pattern,
             check_labels=check_labels,
+            mask_threshold=mask_threshold,
+            resize_images=resize_images,
             mask_palette=palette,
             label_map=label_map,
         )
         self.split_ratios = [float(r) for r in split_ratios]
 
     def find_pairs(self, problems: Problems) -> dict[str, list[Pair]]:
-        return find_splits(self.root, self.split_ratios, self.split_seed, problems)
+        lossy = self.decoder.threshold is not None
+        return find_splits(self.root, self.split_ratios, self.split_seed, problems, lossy)

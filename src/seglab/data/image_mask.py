@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 from seglab.data.base import SPLITS, Problems, SeglabDataModule
 from seglab.data.batch_augment import SegmentationBatchAugment
@@ -74,12 +75,35 @@ def _unreadable(kind: str, path: Path, split: str, err: BaseException | str) -> 
     )
 
 
-def _size_problem(image: Path, mask: Path, split: str, image_size, mask_size) -> str:
-    """The message for an image and mask of different sizes, (width, height) each."""
+def same_aspect(image_size: tuple[int, int], mask_size: tuple[int, int]) -> bool:
+    """Whether an image and its mask, (width, height) each, have one aspect ratio: each
+    side of one scaled to the other's grid is within a pixel of it."""
     (width, height), (mask_width, mask_height) = image_size, mask_size
     return (
+        abs(width * mask_height / height - mask_width) <= 1
+        and abs(height * mask_width / width - mask_height) <= 1
+    )
+
+
+def _size_problem(
+    image: Path, mask: Path, split: str, image_size, mask_size, resizing: bool = False
+) -> str:
+    """The message for an image and mask of different sizes, (width, height) each."""
+    (width, height), (mask_width, mask_height) = image_size, mask_size
+    sizes = (
         f"image {image} is {width}x{height} but its mask {mask} is {mask_width}x"
-        f"{mask_height} (W x H, {split} split); a mask must have its image's size"
+        f"{mask_height} (W x H, {split} split)"
+    )
+    if not same_aspect(image_size, mask_size):
+        return (
+            f"{sizes}, another aspect ratio, so no resize can pair them; a mask must have "
+            "its image's size (or its aspect ratio, with data.resize_images=true)"
+        )
+    if resizing:  # cannot happen: same aspect ratios are resized
+        return f"{sizes}; cannot resize it"
+    return (
+        f"{sizes}; a mask must have its image's size, or, as here, its aspect ratio: "
+        "data.resize_images=true resizes each image to its mask's grid"
     )
 
 
@@ -104,6 +128,8 @@ class ImageMaskSegmentation(Dataset):
         transform: joint transform of uint8 `tv_tensors` (see `seglab.data.transforms`).
         sample_sizes: int [N, 2], the (height, width) of every sample as stored, or None;
             evaluation batches samples of one size together by it.
+        resize_images: an image of another size than its mask (same aspect ratio) is
+            resized (antialiased) to the mask's size; else that is an error.
     """
 
     def __init__(
@@ -113,12 +139,14 @@ class ImageMaskSegmentation(Dataset):
         decoder: MaskDecoder,
         transform: Transform,
         sample_sizes: np.ndarray | None = None,
+        resize_images: bool = False,
     ) -> None:
         self.pairs = list(pairs)
         self.split = split
         self.decoder = decoder
         self.transform = transform
         self.sample_sizes = sample_sizes
+        self.resize_images = resize_images
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -133,9 +161,18 @@ class ImageMaskSegmentation(Dataset):
         mask = _read(mask_path, "mask", self.split)
         height, width = image.shape[-2:]
         if (width, height) != mask.size:
-            raise SeglabError(
-                _size_problem(image_path, mask_path, self.split, (width, height), mask.size)
-            )
+            if not (self.resize_images and same_aspect((width, height), mask.size)):
+                raise SeglabError(
+                    _size_problem(
+                        image_path,
+                        mask_path,
+                        self.split,
+                        (width, height),
+                        mask.size,
+                        self.resize_images,
+                    )
+                )
+            image = TF.resize(image, [mask.size[1], mask.size[0]], antialias=True)
         labels = self.decoder(mask, mask_path, self.split)
         return tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(labels))
 
@@ -233,6 +270,9 @@ class ImageMaskDataModule(SeglabDataModule):
         check_labels: at `setup("fit")`, stop when a class has no train pixels or most
             pixels are `ignore_index` (`seglab.data.labels`: masks saved as 0/255); the
             labels are counted over the cache, else over up to 256 train masks.
+        mask_threshold: None, or binary masks read by a threshold (`MaskDecoder`), which
+            may then be JPEG files.
+        resize_images: resize an image to its mask's size when their aspect ratios match.
     """
 
     task = "segmentation"
@@ -264,6 +304,8 @@ class ImageMaskDataModule(SeglabDataModule):
         fold: int = 0,
         group_pattern: str | None = None,
         check_labels: bool = True,
+        mask_threshold: int | None = None,
+        resize_images: bool = False,
     ) -> None:
         super().__init__(
             class_names=class_names,
@@ -279,6 +321,7 @@ class ImageMaskDataModule(SeglabDataModule):
         )
         self.split_seed = split_seed
         self.check_labels = check_labels
+        self.resize_images = resize_images
         self.group_pattern = check_group_pattern(group_pattern)
         if not 0 <= ignore_index <= 255:
             raise SeglabError(
@@ -294,6 +337,7 @@ class ImageMaskDataModule(SeglabDataModule):
             palette=self.mask_palette,
             label_map=self.label_map,
             value_fix=value_fix,
+            threshold=mask_threshold,
         )
         self.train_transform = train_transform(
             crop_size,
@@ -367,6 +411,8 @@ class ImageMaskDataModule(SeglabDataModule):
             "ignore_index": self.ignore_index,
             "palette": self.mask_palette,
             "label_map": self.decoder.lut.tolist(),
+            "mask_threshold": self.decoder.threshold,
+            "resize_images": self.resize_images,
         }
         if self.folds is not None:  # each fold's splits cached apart, not evicting others
             settings["fold"] = [self.folds, self.fold, self.split_seed]
@@ -383,7 +429,9 @@ class ImageMaskDataModule(SeglabDataModule):
     ) -> Store:
         """The decoded pairs of one split from the cache of `mode` ("memory" or "disk");
         `sizes()` gives their (height, width) from the file headers, read only to build."""
-        dataset = ImageMaskSegmentation(pairs, split, self.decoder, as_decoded)
+        dataset = ImageMaskSegmentation(
+            pairs, split, self.decoder, as_decoded, resize_images=self.resize_images
+        )
         names = [f"image {image}" for image, _ in pairs]
         build = build_segmentation(dataset, sizes, names, f"caching {split}")
         if mode == "memory":
@@ -406,7 +454,7 @@ class ImageMaskDataModule(SeglabDataModule):
             for i, (image, mask) in enumerate(pairs):
                 image_header, mask_header = next(headers), next(headers)
                 found += self._pair_problems(image, mask, image_header, mask_header, split)
-                sizes[split][i] = image_header.height, image_header.width
+                sizes[split][i] = mask_header.height, mask_header.width  # images resized
         raise_all(
             [message for _, message in found],
             [str(path) for path, _ in found],
@@ -428,7 +476,7 @@ class ImageMaskDataModule(SeglabDataModule):
             found.append((mask, _unreadable("mask", mask, split, mask_header.error)))
         elif problem := self.decoder.mode_problem(mask_header.mode, mask, split):
             found.append((mask, problem))
-        elif mask_header.format == "JPEG":
+        elif mask_header.format == "JPEG" and self.decoder.threshold is None:
             message = (
                 f"mask {mask} ({split} split) is a JPEG file, whose lossy compression blurs "
                 "the labels at edges; save masks as PNG"
@@ -436,8 +484,11 @@ class ImageMaskDataModule(SeglabDataModule):
             found.append((mask, message))
         image_size = (image_header.width, image_header.height)
         mask_size = (mask_header.width, mask_header.height)
-        if not found and image_size != mask_size:
-            found.append((mask, _size_problem(image, mask, split, image_size, mask_size)))
+        resizable = self.resize_images and same_aspect(image_size, mask_size)
+        if not found and image_size != mask_size and not resizable:
+            found.append(
+                (mask, _size_problem(image, mask, split, image_size, mask_size, self.resize_images))
+            )
         return found
 
     def _sources(self, splits: dict[str, list[Pair]]) -> dict[str, Source] | None:
@@ -489,7 +540,11 @@ class ImageMaskDataModule(SeglabDataModule):
         if mode == "none":
             if "train" in splits:
                 sets["train"] = ImageMaskSegmentation(
-                    splits["train"], "train", self.decoder, self.train_transform
+                    splits["train"],
+                    "train",
+                    self.decoder,
+                    self.train_transform,
+                    resize_images=self.resize_images,
                 )
             for split in [split for split in splits if split != "train"]:
                 sets[split] = ImageMaskSegmentation(
@@ -498,6 +553,7 @@ class ImageMaskDataModule(SeglabDataModule):
                     self.decoder,
                     self.eval_transform,
                     split_sizes(split),
+                    self.resize_images,
                 )
         else:
             for split, pairs in splits.items():
@@ -558,7 +614,9 @@ class ImageMaskDataModule(SeglabDataModule):
         problems = Problems(strict=False)
         splits = self.find_pairs(problems)
         datasets: dict[str, Dataset] = {
-            split: ImageMaskSegmentation(splits[split], split, self.decoder, as_stored)
+            split: ImageMaskSegmentation(
+                splits[split], split, self.decoder, as_stored, resize_images=self.resize_images
+            )
             for split in SPLITS
             if splits.get(split)
         }

@@ -29,6 +29,8 @@ class MaskDecoder:
         label_map: `{old: new}` applied after decoding; new may be `ignore_index`.
         value_fix: what to do about a mask value that is no label, for datasets whose
             label_map is fixed; None: suggest `data.label_map`.
+        threshold: None, or lossy binary masks (JPEG): a grey value >= threshold is
+            label 1, below it 0 (the mask converted to grey first); needs 2 classes.
     """
 
     def __init__(
@@ -38,7 +40,21 @@ class MaskDecoder:
         palette: Sequence[Sequence[int]] | None = None,
         label_map: Mapping[int, int] | None = None,
         value_fix: str | None = None,
+        threshold: int | None = None,
     ) -> None:
+        if threshold is not None and (num_classes != 2 or palette is not None):
+            raise SeglabError(
+                f"data.mask_threshold={threshold} reads binary masks (2 classes, no palette); "
+                f"this config has num_classes={num_classes}"
+                f"{' and a palette' if palette is not None else ''}: save such masks as PNG "
+                "class indices instead"
+            )
+        if threshold is not None and not 1 <= int(threshold) <= 255:
+            raise SeglabError(
+                f"data.mask_threshold must be in [1, 255] (grey value of the foreground's "
+                f"lower bound, e.g. 128); got {threshold}"
+            )
+        self.threshold = None if threshold is None else int(threshold)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.palette = palette
@@ -63,7 +79,7 @@ class MaskDecoder:
     def mode_problem(self, mode: str, path: Path, split: str) -> str | None:
         """Why a mask of PIL `mode` cannot be decoded, or None: class-index masks need an
         index mode (colour-coded masks, with `palette`, may have any)."""
-        if self.palette is not None or mode in _INDEX_MODES:
+        if self.palette is not None or self.threshold is not None or mode in _INDEX_MODES:
             return None
         return (
             f"mask {path} ({split} split) is a {mode} image; save class-index masks "
@@ -84,7 +100,9 @@ class MaskDecoder:
 
     def __call__(self, mask: Image.Image, path: Path, split: str) -> np.ndarray:
         """Shape: mask (W, H) PIL image -> uint8 (H, W) labels."""
-        if self.palette is not None:
+        if self.threshold is not None:
+            labels = (np.asarray(mask.convert("L")) >= self.threshold).astype(np.uint8)
+        elif self.palette is not None:
             labels = self._decode_colours(mask)
         else:
             labels = self._decode_indices(mask, path, split)

@@ -11,6 +11,8 @@ from seglab.data.base import Problems, examples
 from seglab.data.io import IMAGE_SUFFIXES
 
 MASK_SUFFIX = ".png"
+# Lossy mask files: refused, unless read by a threshold (`data.mask_threshold`).
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
 
 Pair = tuple[Path, Path]  # (image, mask)
 
@@ -33,11 +35,33 @@ def _files(folder: Path, suffixes: Sequence[str], problems: Problems) -> dict[st
     return found
 
 
-def pair_files(image_dir: Path, mask_dir: Path, problems: Problems) -> list[Pair]:
+def pair_files(
+    image_dir: Path, mask_dir: Path, problems: Problems, lossy_masks: bool = False
+) -> list[Pair]:
     """(image, mask) pairs matched by file stem, sorted by stem; every image needs a mask
-    and every mask an image (else a problem per unpaired file)."""
+    and every mask an image (else a problem per unpaired file). Masks are PNG files, or
+    also JPEG with `lossy_masks`; without it, a JPEG mask is named as such, not as missing.
+    """
     images = _files(image_dir, IMAGE_SUFFIXES, problems)
-    masks = _files(mask_dir, (MASK_SUFFIX,), problems)
+    suffixes = (MASK_SUFFIX, *LOSSY_MASK_SUFFIXES) if lossy_masks else (MASK_SUFFIX,)
+    masks = _files(mask_dir, suffixes, problems)
+    if not lossy_masks:
+        lossy = _files(mask_dir, LOSSY_MASK_SUFFIXES, Problems(strict=False))
+        jpeg = sorted((images.keys() - masks.keys()) & lossy.keys())
+        problems.add_each(
+            [
+                f"mask {lossy[s]} is a JPEG file, whose lossy compression changes the labels "
+                "at edges; save it as PNG, or for binary masks read them by a threshold: "
+                "data.mask_threshold=128"
+                for s in jpeg
+            ],
+            f"{len(jpeg)} masks in {mask_dir} are JPEG files "
+            f"({examples([lossy[s].name for s in jpeg])}), "
+            "whose lossy compression changes the labels at edges; save them as PNG, or for "
+            "binary masks read them by a threshold: data.mask_threshold=128",
+        )
+        for stem in jpeg:  # told above: not again as images without masks
+            del images[stem]
     lonely_images = sorted(images.keys() - masks.keys())
     problems.add_each(
         [f"image {images[s]} has no mask {mask_dir / s}{MASK_SUFFIX}" for s in lonely_images],
