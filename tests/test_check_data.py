@@ -228,3 +228,47 @@ def test_folder_scan_names_non_image_files_and_masks_that_are_not_png(tmp_path):
     assert "is a JPEG file" in jpg and "data.mask_threshold=128" in jpg
     assert not any("has no mask" in p for p in problems)
     assert result["splits"]["train"]["readable"] == 2
+
+
+def test_many_problems_print_one_line_per_kind_root_cause_first_and_all_to_a_file(tmp_path):
+    """The layout people start from: 30 photos with JPEG masks, 5 without any mask, no
+    pair at all. The report names the root cause first, each kind once with its count,
+    examples and fix, and lists every file in problems.txt."""
+    from PIL import Image
+
+    root = tmp_path / "raw"
+    for i in range(35):
+        _png(root / "images" / f"horse{i:02d}.png", np.full((8, 10, 3), 100))
+        if i < 30:
+            (root / "masks").mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "masks" / f"horse{i:02d}.jpg")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.check_data",
+            "data=folder",
+            f"data.root={root}",
+            "data.class_names=[background,horse]",
+            "data.num_classes=2",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "problem(s)" in line)
+    assert lines[start] == "36 problem(s) of 3 kinds:"
+    shown = [line for line in lines[start + 1 :] if line.startswith("  - ")]
+    assert len(shown) == 3
+    assert "found no image/mask pairs" in shown[0]  # the root cause first
+    jpeg = next(line for line in shown if "JPEG" in line)
+    assert jpeg.startswith("  - 30 x mask ") and "data.mask_threshold=128" in jpeg
+    assert "also horse01.jpg, horse02.jpg, horse03.jpg, ..." in jpeg
+    lonely = next(line for line in shown if "has no mask" in line)
+    assert lonely.startswith("  - 5 x image ") and "horse3" in lonely
+    listing = (tmp_path / "out" / "problems.txt").read_text().splitlines()
+    assert len(listing) == 36
+    assert sum(f"horse{i:02d}" in "\n".join(listing) for i in range(35)) == 35
+    assert f"every problem, one per line: {tmp_path / 'out' / 'problems.txt'}" in run.stdout

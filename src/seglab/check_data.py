@@ -22,6 +22,7 @@ import glob
 import inspect
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,50 @@ def scan(
     return result
 
 
+# Problems that explain the others (nothing found at all): shown first.
+_ROOT_CAUSES = (
+    "does not exist",
+    "found no image/mask pairs",
+    "has no images/ and masks/",
+    "has no train pairs",
+    "has no val pairs",
+    "has no samples",
+)
+_PATH = re.compile(r"(?:[A-Za-z]:)?[^\s,;()']*[/\\][^\s,;()']*")
+
+
+def _kind(message: str) -> str:
+    """What a problem says with its files and numbers left out: problems of one kind."""
+    return re.sub(r"\d+", "#", _PATH.sub("<file>", message))
+
+
+def group_problems(problems: list[str]) -> list[dict[str, Any]]:
+    """Problems of one kind together (the same message but for its files and numbers),
+    the root causes first, then in the order found.
+
+    Returns:
+        per kind: `line` (the one line to print: count, first message with its fix, up
+        to three example files), `count` and `messages` (every problem of the kind).
+    """
+    groups: dict[str, list[str]] = {}
+    for message in problems:
+        groups.setdefault(_kind(message), []).append(message)
+    ordered = sorted(
+        groups.values(),
+        key=lambda members: not any(cause in members[0] for cause in _ROOT_CAUSES),
+    )
+    out = []
+    for members in ordered:
+        line = members[0]
+        if len(members) > 1:
+            files = [m[0] for m in (_PATH.findall(message) for message in members[1:]) if m]
+            shown = ", ".join(Path(f).name for f in files[:3])
+            more = f"; also {shown}{', ...' if len(files) > 3 else ''}" if shown else ""
+            line = f"{len(members)} x {members[0]}{more}"
+        out.append({"line": line, "count": len(members), "messages": members})
+    return out
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
@@ -347,8 +392,12 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"warning: {warning}")
     problems = result["problems"]
     if problems:
-        lines += ["", f"{len(problems)} problem(s):"]
-        lines += [f"  - {problem}" for problem in problems]
+        groups = group_problems(problems)
+        kinds = f" of {len(groups)} kinds" if len(groups) < len(problems) else ""
+        lines += ["", f"{len(problems)} problem(s){kinds}:"]
+        lines += [f"  - {group['line']}" for group in groups]
+        if result.get("problems_file"):
+            lines.append(f"every problem, one per line: {result['problems_file']}")
     else:
         lines.append("no problems found")
     return "\n".join(lines)
@@ -359,9 +408,13 @@ def check_data(cfg: DictConfig) -> dict[str, Any]:
     datamodule: SeglabDataModule = instantiate(cfg.data)
     datamodule.prepare_data()  # downloads, where the config asks for it (data.download)
     result = scan(datamodule, num_workers=cfg.num_workers, limit=cfg.get("limit"))
-    print(format_report(result))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if result["problems"]:
+        listing = output_dir / "problems.txt"
+        listing.write_text("".join(f"{problem}\n" for problem in result["problems"]))
+        result["problems_file"] = str(listing)
+    print(format_report(result))
     (output_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log.info("Report written to %s", output_dir / "report.json")
     return result
