@@ -272,3 +272,26 @@ def test_many_problems_print_one_line_per_kind_root_cause_first_and_all_to_a_fil
     assert len(listing) == 36
     assert sum(f"horse{i:02d}" in "\n".join(listing) for i in range(35)) == 35
     assert f"every problem, one per line: {tmp_path / 'out' / 'problems.txt'}" in run.stdout
+
+
+def test_check_data_takes_an_experiment_and_checks_the_data_it_trains_on(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seglab.check_data",
+            "experiment=shapes_cnn",
+            "data.num_train=12",
+            "data.num_val=4",
+            "data.num_test=4",
+            "num_workers=0",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    # shapes_cnn trains the classifier on data=shapes_cls: images per class, not pixels.
+    assert report["task"] == "classification"
+    assert sum(report["splits"]["train"]["images"].values()) == 12
