@@ -87,6 +87,12 @@ def test_threshold_and_resize_train_end_to_end(tmp_path):
     )
     metrics = train(cfg)
     assert math.isfinite(metrics["test/mIoU"])
+    # Each split's images, written down in the run directory, relative to data.root.
+    splits = tmp_path / "run" / "splits"
+    for split in ("train", "val"):
+        names = (splits / f"{split}.txt").read_text().splitlines()
+        assert names == [f"images/{split}/h{i}.jpg" for i in range(len(SIZES))]
+    assert not (splits / "test.txt").exists()  # testing reuses val: no list of its own
 
 
 def test_a_jpeg_mask_is_named_as_jpeg_with_the_threshold_fix_not_as_missing(tmp_path):

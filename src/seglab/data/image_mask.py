@@ -589,6 +589,28 @@ class ImageMaskDataModule(SeglabDataModule):
             len(self.test_set),
         )
 
+    def split_files(self) -> dict[str, list[str]]:
+        """The image file of every sample of each split set up, relative to `root` where
+        it is under it (`seglab.run_log.write_splits` writes them into the run directory;
+        such a list also serves as a folder dataset's `train.txt`). A test split that is
+        the val split is left out."""
+
+        def name(image: Path) -> str:
+            return (
+                image.relative_to(self.root).as_posix()
+                if image.is_relative_to(self.root)
+                else str(image)
+            )
+
+        sets = {"train": self.train_set, "val": self.val_set}
+        if self.test_set is not self.val_set:
+            sets["test"] = self.test_set
+        return {
+            split: [name(image) for image, _ in dataset.pairs]
+            for split, dataset in sets.items()
+            if dataset is not None
+        }
+
     def _check_train_labels(self, train: ImageMaskSegmentation) -> None:
         """Raise `seglab.data.labels.label_problem` for the train split's labels: all of
         them from a cache, else those of up to `SAMPLED_MASKS` evenly spaced masks."""
