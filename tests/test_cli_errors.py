@@ -100,3 +100,22 @@ def test_a_run_prints_no_advertisement_and_no_deprecation_warning(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "litlogger" not in run.stdout + run.stderr
     assert "LeafSpec" not in run.stderr and "deprecated" not in run.stderr
+
+
+def test_a_launcher_of_a_missing_extra_names_the_extra_to_install():
+    """Without the launchers extra Hydra finds no hydra/launcher/joblib.yaml: the line
+    names the extra, not Hydra's list of the options it did find."""
+    from hydra.errors import MissingConfigException
+
+    from seglab.cli import composition_error
+
+    for option, extra in (("joblib", "launchers"), ("submitit_slurm", "launchers")):
+        err = MissingConfigException(
+            "Could not find", missing_cfg_file=f"hydra/launcher/{option}", options=["basic"]
+        )
+        assert str(composition_error(err, [])) == (
+            f"hydra/launcher={option} comes with a plugin that is not installed; install it: "
+            f"pip install 'seglab[{extra}]'"
+        )
+    err = MissingConfigException("x", missing_cfg_file="model/foo", options=["cnn", "unet"])
+    assert "choose one of cnn, unet" in str(composition_error(err, []))

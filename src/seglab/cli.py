@@ -100,6 +100,14 @@ def config_error(err: BaseException, cfg: DictConfig | None = None) -> SeglabErr
     return None
 
 
+# Hydra plugin options and the seglab extra that installs each (pyproject.toml).
+_EXTRAS = {
+    ("hydra/launcher", "joblib"): "launchers",
+    ("hydra/launcher", "submitit"): "launchers",
+    ("hydra/sweeper", "optuna"): "sweeps",
+}
+
+
 def composition_error(err: BaseException, argv: Sequence[str]) -> SeglabError | None:
     """One line for Hydra's multi-line composition errors: an override it cannot parse
     (an unquoted path with spaces), an unknown key, an unknown option of a group."""
@@ -114,6 +122,12 @@ def composition_error(err: BaseException, argv: Sequence[str]) -> SeglabError | 
     if isinstance(err, MissingConfigException):
         wanted = err.missing_cfg_file or "?"
         group, _, option = wanted.rpartition("/")
+        extra = _EXTRAS.get((group, option.split("_")[0]))
+        if extra is not None:
+            return SeglabError(
+                f"{group}={option} comes with a plugin that is not installed; install it: "
+                f"pip install 'seglab[{extra}]'"
+            )
         if err.options:
             return SeglabError(
                 f"{group}={option} is no option of the {group} group; choose one of "
