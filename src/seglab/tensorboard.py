@@ -4,9 +4,11 @@ per-class curves one colour per class and an `epoch` curve that only climbs; and
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,15 +23,48 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 # Per-class metrics, "<stage>/<metric>/<class>" (val/IoU/car), and where their runs live.
-PER_CLASS = re.compile(r"^(train|val|test)/([^/]+)/(.+)$")
+PER_CLASS = re.compile(r"^(train|val|test)/([^/]+)/(.*)$")  # a class may be named ""
 CLASS_RUNS = "classes"
 # Charts of the Custom Scalars tab: one category per per-class metric, one chart per stage.
 CHART_TITLES = {"IoU": "per-class IoU", "Acc": "per-class accuracy"}
 
 
-def class_run(name: str) -> str:
-    """The run folder (below a run's log dir) of class `name`'s curves."""
-    return f"{CLASS_RUNS}/{re.sub(r'[^A-Za-z0-9_.+-]', '_', name)}"
+# In the log dir: which class each class run holds, {"classes/a_b-2": "a_b", ...}.
+CLASS_INDEX = "class_runs.json"
+# Folder names Windows refuses (with any extension), and the longest kept of a class name.
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+_MAX_FOLDER = 60
+
+
+def class_folder(name: str) -> str:
+    """Class `name` as one folder name that stays where it is put on any file system:
+    letters, digits (any script) and `_.+-` kept, every other character (`/`, `\\`,
+    space, `:`) an `_`; leading and trailing dots `_` too (`..` is `__`, never the parent
+    folder, `.` is `_`); empty is `_`; at most 60 characters. Not unique: `a/b` and `a_b`
+    give one name, see `unique_folder`."""
+    folder = re.sub(r"[^\w.+-]", "_", unicodedata.normalize("NFC", name))[:_MAX_FOLDER]
+    folder = re.sub(r"^\.+|\.+$", lambda dots: "_" * len(dots.group()), folder) or "_"
+    return f"_{folder}" if _RESERVED.match(folder) else folder
+
+
+def unique_folder(name: str, taken: Collection[str]) -> str:
+    """`class_folder(name)`, with `-2`, `-3`, ... added while it is in `taken` (folder
+    names, lower case: names that only differ by case are one folder on macOS and
+    Windows). The logger gives the first class of a folder the name plain:
+    "a/b", "a_b", "A/B" in that order are a_b, a_b-2, A_B-3."""
+    base = class_folder(name)
+    folder, n = base, 2
+    while folder.casefold() in taken:
+        folder, n = f"{base}-{n}", n + 1
+    return folder
+
+
+def read_class_runs(log_dir: str | Path) -> dict[str, str]:
+    """The class of each class run of a TensorBoard log dir, `{"classes/a_b-2": "a_b"}`
+    (run folders relative to `log_dir`, as `TensorBoardLogger` wrote them); empty where
+    it wrote none."""
+    path = Path(log_dir) / CLASS_INDEX
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
@@ -40,7 +75,11 @@ class TensorBoardLogger(LightningTensorBoardLogger):
       below the log dir, under the metric's tag (`val/IoU`). TensorBoard colours lines by
       run: the classes, as tags of one run, would share one colour; as runs, one chart
       draws each in its own colour with the class name in the legend (in the Scalars tab
-      and in the Custom Scalars tab, whose layout this logger writes).
+      and in the Custom Scalars tab, whose layout this logger writes). The run's folder
+      is the class name made safe (`unique_folder`: `a/b` is `classes/a_b`, `..` is
+      `classes/__`, never a folder outside `classes/`), one per class; `class_runs.json`
+      in the log dir says which class each holds (`read_class_runs`), and a resumed run
+      keeps them.
     - `epoch`, which Lightning adds to every logged dict, is left out of test metrics:
       testing restores the best checkpoint, whose epoch would be a jump back at the end
       of a curve that only climbs while fitting.
@@ -75,12 +114,29 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         # SummaryWriter options (purge_step for a resumed run) apply to the class runs too.
         self._writer_kwargs = writer_kwargs
         self._class_writers: dict[str, SummaryWriter] = {}
+        self._class_runs: dict[str, str] | None = None  # class name -> "classes/<folder>"
         self._charted: set[str] = set()  # per-class metrics with a Custom Scalars chart
+
+    def class_run(self, name: str) -> str:
+        """The run folder, below the log dir, of class `name`'s curves: `classes/<folder>`,
+        a new one (`unique_folder`) at a class's first metric, recorded in
+        `class_runs.json`; the recorded one for a class of a resumed run."""
+        if self._class_runs is None:
+            recorded = read_class_runs(self.log_dir)
+            self._class_runs = {held: run for run, held in recorded.items()}
+        if name not in self._class_runs:
+            taken = {run.split("/", 1)[1].casefold() for run in self._class_runs.values()}
+            self._class_runs[name] = f"{CLASS_RUNS}/{unique_folder(name, taken)}"
+            index = Path(self.log_dir) / CLASS_INDEX
+            index.parent.mkdir(parents=True, exist_ok=True)
+            runs = {run: held for held, run in self._class_runs.items()}
+            index.write_text(json.dumps(runs, indent=1, ensure_ascii=False), encoding="utf-8")
+        return self._class_runs[name]
 
     def _class_writer(self, name: str) -> SummaryWriter:
         if name not in self._class_writers:
             self._class_writers[name] = SummaryWriter(
-                str(Path(self.log_dir) / class_run(name)), **self._writer_kwargs
+                str(Path(self.log_dir) / self.class_run(name)), **self._writer_kwargs
             )
         return self._class_writers[name]
 
