@@ -161,8 +161,9 @@ def test_cli_run_writes_a_complete_run_directory(tmp_path, tiny):
 def test_cli_unknown_choice_lists_the_options(tmp_path):
     result = _run_cli("model=nope", cwd=tmp_path)
     assert result.returncode != 0
-    assert "Available options in 'model'" in result.stderr
+    assert "model=nope is no option of the model group" in result.stderr
     assert "unet" in result.stderr and "fcn" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
 
 

@@ -12,7 +12,11 @@ recursive) or a glob pattern. A segmentation checkpoint writes, for `photos/cat.
     output/color/cat.png     the mask in the data's palette (RGB)
     output/overlay/cat.png   the image blended with the colour mask (`overlay_alpha`)
 
-A classification checkpoint writes `output/predictions.csv` (`file,class,probability`).
+A classification checkpoint writes `output/predictions.csv` (`file,class,probability`;
+a cell starting with = + - @ is written with a leading ' so a spreadsheet shows it as text).
+The output folder is never inside the input's folder tree, and one holding files no
+earlier predict wrote is refused unless `overwrite=true` (seglab.output_folder); files are
+moved into place, never written through a link.
 An unreadable image is logged, skipped and listed at the end, and the command then exits
 with status 1; every other image is still predicted.
 """
@@ -42,6 +46,7 @@ from seglab.cli import command
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.errors import SeglabError
 from seglab.inference import class_indices
+from seglab.output_folder import OutputFolder
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +148,36 @@ def _names(failed: Sequence[dict[str, str]]) -> str:
     return ", ".join(names) + (f" and {more} more" if more else "")
 
 
+# Characters a spreadsheet reads as the start of a formula (CSV injection): a cell
+# starting with one is written with a leading apostrophe, which spreadsheets show as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """`value` as a CSV cell a spreadsheet never runs as a formula."""
+    return f"'{value}" if value.startswith(_FORMULA_START) else value
+
+
+def _save_png(array: np.ndarray) -> Any:
+    # The format is given, not guessed from the name: "..png" has no extension to Pillow.
+    return lambda file: Image.fromarray(array).save(file, format="PNG")
+
+
 class _SegmentationWriter:
     """Logits -> argmax mask, written as class-index, colour and overlay PNGs."""
 
+    SUBFOLDERS = ("masks", "color", "overlay")
+
     def __init__(
-        self, palette: Sequence[tuple[int, int, int]], output: Path, overlay_alpha: float
+        self, palette: Sequence[tuple[int, int, int]], folder: OutputFolder, overlay_alpha: float
     ) -> None:
         self.palette = np.asarray(palette, dtype=np.uint8)  # (C, 3)
         self.alpha = overlay_alpha
-        self.dirs = {kind: output / kind for kind in ("masks", "color", "overlay")}
-        for folder in self.dirs.values():
-            folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    @classmethod
+    def planned(cls, paths: Sequence[Path]) -> list[str]:
+        return [f"{kind}/{path.stem}.png" for path in paths for kind in cls.SUBFOLDERS]
 
     def __call__(
         self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
@@ -163,9 +187,9 @@ class _SegmentationWriter:
             name = f"{Path(path).stem}.png"
             color = self.palette[mask]
             blend = (1 - self.alpha) * image.astype(np.float32) + self.alpha * color
-            Image.fromarray(mask).save(self.dirs["masks"] / name)  # 2-D uint8 -> mode "L"
-            Image.fromarray(color).save(self.dirs["color"] / name)
-            Image.fromarray(np.rint(blend).astype(np.uint8)).save(self.dirs["overlay"] / name)
+            self.folder.write(f"masks/{name}", _save_png(mask))  # 2-D uint8 -> mode "L"
+            self.folder.write(f"color/{name}", _save_png(color))
+            self.folder.write(f"overlay/{name}", _save_png(np.rint(blend).astype(np.uint8)))
 
     def close(self) -> None:
         pass
@@ -174,20 +198,26 @@ class _SegmentationWriter:
 class _ClassificationWriter:
     """Logits -> softmax; one CSV row per image with the top class and its probability."""
 
-    def __init__(self, class_names: Sequence[str], output: Path) -> None:
-        self.class_names = list(class_names)
-        output.mkdir(parents=True, exist_ok=True)
+    SUBFOLDERS = ()
+    CSV = "predictions.csv"
+
+    def __init__(self, class_names: Sequence[str], folder: OutputFolder) -> None:
+        self.class_names = [csv_cell(name) for name in class_names]
         # Rows are written as they come, so an interrupted run keeps what it predicted.
-        self.file = (output / "predictions.csv").open("w", newline="")
+        self.file = folder.open_stream(self.CSV)
         self.csv = csv.writer(self.file)
         self.csv.writerow(["file", "class", "probability"])
+
+    @classmethod
+    def planned(cls, paths: Sequence[Path]) -> list[str]:
+        return [cls.CSV]
 
     def __call__(
         self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
     ) -> None:
         top, labels = logits.softmax(dim=1).max(dim=1)
         for path, probability, label in zip(paths, top.tolist(), labels.tolist(), strict=True):
-            self.csv.writerow([path, self.class_names[label], f"{probability:.6f}"])
+            self.csv.writerow([csv_cell(path), self.class_names[label], f"{probability:.6f}"])
         self.file.flush()
 
     def close(self) -> None:
@@ -223,8 +253,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     _check_options(cfg)
     paths = find_images(str(cfg.input))
     output = Path(str(cfg.output)).expanduser()
-    if output.exists() and not output.is_dir():
-        raise SeglabError(f"output={output} is a file; give a folder")
+    folder = OutputFolder(output, overwrite=bool(cfg.overwrite))
     device = resolve_device(str(cfg.device))
     run = load_run(cfg.ckpt_path)
     module, datamodule = run.module.to(device), run.datamodule
@@ -237,11 +266,19 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         _check_unique_stems(paths)
         # Whole image padded to size_divisor, or sliding window: logits at the image's size.
         module.inference = instantiate(cfg.inference)
-        writer = _SegmentationWriter(datamodule.palette, output, float(cfg.overlay_alpha))
+        kind: type[_SegmentationWriter] | type[_ClassificationWriter] = _SegmentationWriter
         size = None  # segmentation predicts every pixel of the image as it is
     else:
-        writer = _ClassificationWriter(run.class_names, output)
+        kind = _ClassificationWriter
         size = datamodule.input_size  # the classifier's dense layer fixes its input size
+    # Refuses the input tree, foreign files and links before anything is written.
+    folder.claim(str(cfg.input), kind.planned(paths), kind.SUBFOLDERS)
+    if kind is _SegmentationWriter:
+        writer: _SegmentationWriter | _ClassificationWriter = _SegmentationWriter(
+            datamodule.palette, folder, float(cfg.overlay_alpha)
+        )
+    else:
+        writer = _ClassificationWriter(run.class_names, folder)
 
     loader = DataLoader(
         ImageFiles(paths, size),
