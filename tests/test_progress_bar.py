@@ -124,9 +124,9 @@ def test_an_error_mid_epoch_is_printed_on_a_line_of_its_own(monkeypatch, leave):
 
 @pytest.mark.slow
 def test_the_command_line_prints_a_data_error_mid_epoch_on_a_line_of_its_own(tmp_path):
-    """`python -m seglab.train` on a folder whose one mask holds a label out of range:
-    the error stops the run mid-epoch, and on the terminal (stdout and stderr on one
-    screen) it is a line of its own, not drawn over by the bar."""
+    """`python -m seglab.train` on a folder whose one image is corrupt (its header reads,
+    its pixels do not): the error stops the run mid-epoch, and on the terminal (stdout and
+    stderr on one screen) it is a line of its own, not drawn over by the bar."""
     import numpy as np
     from PIL import Image
 
@@ -135,10 +135,16 @@ def test_the_command_line_prints_a_data_error_mid_epoch_on_a_line_of_its_own(tmp
         (root / "images" / split).mkdir(parents=True)
         (root / "masks" / split).mkdir(parents=True)
         for i in range(count):
-            Image.new("RGB", (32, 32), (90, 90, 90)).save(root / "images" / split / f"{i}.png")
-            label = 7 if (split, i) == ("train", 7) else 0
-            mask = Image.fromarray(np.full((32, 32), label, np.uint8))
-            mask.save(root / "masks" / split / f"{i}.png")
+            image = root / "images" / split / f"{i}.png"
+            noise = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(noise).save(image)
+            if (split, i) == ("train", 7):  # header and end intact (setup passes), pixels not
+                data = bytearray(image.read_bytes())
+                data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
+                image.write_bytes(bytes(data))
+            mask = np.zeros((32, 32), np.uint8)
+            mask[:, 16:] = 1
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
     run = subprocess.run(
         [
             sys.executable,
@@ -164,5 +170,5 @@ def test_the_command_line_prints_a_data_error_mid_epoch_on_a_line_of_its_own(tmp
     )
     assert run.returncode == 1
     assert "Epoch 0:" in run.stdout  # the error came mid-epoch, with the bar drawn
-    errors = [line for line in _screen(run.stdout) if "has value 7" in line]
-    assert len(errors) == 1 and errors[0].startswith("seglab: error: mask "), errors
+    errors = [line for line in _screen(run.stdout) if "train/7.png" in line]
+    assert len(errors) == 1 and errors[0].startswith("seglab: error: cannot read image "), errors

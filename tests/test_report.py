@@ -214,18 +214,28 @@ def test_curves_come_from_tensorboard_event_files(tmp_path):
     writer = SummaryWriter(str(run / "tensorboard"))
     for step, value in ((4, 0.5), (9, 0.25)):
         writer.add_scalar("val/mIoU", value, step)
-    writer.add_scalar("lr-AdamW", 0.001, 4)
+    # tags as the logger shows them (`seglab.tensorboard.shown_tag`), read back as logged
+    writer.add_scalar("train/lr-AdamW", 0.001, 4)
+    writer.add_scalar("val/mIoU_best", 0.5, 9)
+    writer.add_scalar("~test/mIoU", 0.4, 10)
     writer.close()
-    # per-class curves as runs of their own below the log dir, one per class
-    writer = SummaryWriter(str(run / "tensorboard" / "classes" / "car"))
-    writer.add_scalar("val/IoU", 0.75, 9)
-    writer.close()
+    # per-class curves as runs of their own below the log dir, one per class; the
+    # folder is the class name made safe, the real name recorded in class_runs.json
+    for folder in ("car", "a_b"):
+        writer = SummaryWriter(str(run / "tensorboard" / "classes" / folder))
+        writer.add_scalar("val/IoU", 0.75, 9)
+        writer.close()
+    index = {"classes/car": "car", "classes/a_b": "a/b"}
+    (run / "tensorboard" / "class_runs.json").write_text(json.dumps(index))
     curves, source = read_curves(run)
     assert source == "TensorBoard event files (tensorboard/)"
     assert curves == {
         "val/mIoU": [(4, 0.5), (9, 0.25)],
         "lr-AdamW": [(4, pytest.approx(0.001))],
+        "best/val/mIoU": [(9, 0.5)],
+        "test/mIoU": [(10, pytest.approx(0.4))],
         "val/IoU/car": [(9, 0.75)],
+        "val/IoU/a/b": [(9, 0.75)],
     }
 
 

@@ -350,7 +350,7 @@ def test_a_time_budget_ends_the_one_cycle_schedule_with_the_budget(make_cfg, tmp
     metrics = train(cfg)
     assert time.monotonic() - started < 120
     assert metrics["test/loss"] is not None  # the test still runs after the budget
-    lrs = _scalars(tmp_path)["lr-AdamW"]
+    lrs = _scalars(tmp_path)["train/lr-AdamW"]
     assert len(lrs) > 20
     first, peak, last = lrs[0][1], max(v for _, v in lrs), lrs[-1][1]
     assert first == pytest.approx(0.01 / 25, rel=1e-3)

@@ -18,7 +18,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from seglab.config import compose
-from seglab.tensorboard import TensorBoardLogger, final_metrics, run_hparams
+from seglab.tensorboard import (
+    TensorBoardLogger,
+    final_metrics,
+    logged_name,
+    run_hparams,
+    shown_tag,
+)
 from seglab.train import train
 
 
@@ -59,8 +65,34 @@ def test_epoch_is_left_out_of_test_metrics(tmp_path):
     logger.log_metrics({"test/mIoU": 0.4, "epoch": 1}, step=6)
     logger.finalize("success")
     events = _events(tmp_path / "tensorboard")
-    assert _points(events, "epoch") == [(1, 0), (3, 1), (5, 2)]
-    assert _points(events, "test/mIoU") == [(6, 0.4)]
+    assert _points(events, "train/epoch") == [(1, 0), (3, 1), (5, 2)]
+    assert _points(events, "~test/mIoU") == [(6, 0.4)]
+
+
+def test_every_tag_is_in_a_group_the_scalars_tab_opens(tmp_path):
+    """TensorBoard sorts tag groups by name and opens the first: `best/`, `epoch` and
+    `lr-AdamW` at the top level would open before train/val. Each is shown inside a
+    group, and `logged_name` reads it back as the name it was logged under."""
+    logger = TensorBoardLogger(tmp_path)
+    logged = {"val/mIoU": 0.5, "best/val/mIoU": 0.5, "epoch": 0, "lr-AdamW": 1e-3}
+    tested = {"test/mIoU": 0.4, "test/loss": 0.7}
+    logger.log_metrics(logged, step=1)
+    logger.log_metrics(tested, step=2)
+    logged |= tested
+    logger.finalize("success")
+    tags = set(_events(tmp_path / "tensorboard").Tags()["scalars"])
+    assert tags == {
+        "val/mIoU",
+        "val/mIoU_best",
+        "train/epoch",
+        "train/lr-AdamW",
+        "~test/mIoU",
+        "~test/loss",
+    }
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(tags)))
+    assert groups == ["train", "val", "~test"]  # the Scalars tab opens the first two
+    assert {logged_name(tag) for tag in tags} == set(logged)
+    assert all(logged_name(shown_tag(name)) == name for name in [*logged, "train/loss"])
 
 
 def test_hparams_row_holds_the_choices_and_the_overrides_and_no_internals(tmp_path):
@@ -129,10 +161,14 @@ def test_a_run_logs_hparams_without_duplicates_and_a_best_score_curve(run_dir):
     events = _events(run_dir / "tensorboard")
     scalars = set(events.Tags()["scalars"])
     assert not [tag for tag in scalars if tag.startswith("final/")]
-    assert not [tag for tag in scalars if tag.count("/") > 1 and not tag.startswith("best/")]
-    epochs = [value for _, value in _points(events, "epoch")]
+    assert not [tag for tag in scalars if tag.count("/") > 1]
+    # the groups in TensorBoard's order (its tags' sort order, which Python's sort of
+    # these names follows): train and val first, the two the Scalars tab opens
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(scalars)))
+    assert groups == ["train", "val", "~test"], scalars
+    epochs = [value for _, value in _points(events, "train/epoch")]
     assert epochs == sorted(epochs)
-    best = [value for _, value in _points(events, "best/val/mIoU")]
+    best = [value for _, value in _points(events, "val/mIoU_best")]
     assert len(best) == 3 and best == sorted(best)
     assert best[-1] == pytest.approx(metrics["best/val/mIoU"], abs=1e-6)
     assert best[-1] == pytest.approx(max(v for _, v in _points(events, "val/mIoU")), abs=1e-6)
@@ -145,9 +181,12 @@ def test_a_run_logs_hparams_without_duplicates_and_a_best_score_curve(run_dir):
     assert "trainer.max_epochs" in titles  # an override
     assert not [t for t in titles if t.startswith(("callbacks", "hydra", "paths", "logger"))]
     assert [info.name.tag for info in experiment.metric_infos][:2] == [
-        "best/val/mIoU",
-        "test/mIoU",
+        "val/mIoU_best",
+        "~test/mIoU",
     ]
+    # the table's columns are headed by the names metrics.json holds
+    shown = [info.display_name for info in experiment.metric_infos][:2]
+    assert shown == ["best/val/mIoU", "test/mIoU"]
     classes = sorted(p.name for p in (run_dir / "tensorboard/classes").iterdir())
     assert classes == sorted(compose([]).data.class_names)
 
@@ -185,7 +224,10 @@ def test_tensorboard_serves_the_table_the_class_charts_and_the_curves(run_dir, t
                 pass
             time.sleep(0.5)
         tags = _get(f"{base}/data/plugin/scalars/tags")
-        assert {"val/mIoU", "best/val/mIoU", "test/mIoU", "epoch"} <= set(tags["tensorboard"])
+        shown = set(tags["tensorboard"])
+        assert {"val/mIoU", "val/mIoU_best", "~test/mIoU", "train/epoch"} <= shown
+        groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(shown)))
+        assert groups == ["train", "val", "~test"], shown
         assert not [t for t in tags["tensorboard"] if t.startswith("final/")]
         class_runs = sorted(run for run in tags if run.startswith("tensorboard/classes/"))
         assert len(class_runs) >= 2 and all("val/IoU" in tags[run] for run in class_runs)
@@ -209,9 +251,9 @@ def test_tensorboard_serves_the_table_the_class_charts_and_the_curves(run_dir, t
         )["sessionGroups"]
         assert [group["name"] for group in groups] == ["tensorboard"]  # class runs are no rows
         values = {m["name"]["tag"]: m["value"] for m in groups[0]["metricValues"]}
-        assert {"best/val/mIoU", "test/mIoU"} <= set(values)
+        assert {"val/mIoU_best", "~test/mIoU"} <= set(values)
 
-        for page in ("hparams", "custom_scalars", "timeseries"):
+        for page in ("hparams", "custom_scalars", "timeseries", "scalars"):
             shown = render(f"{base}/#{page}", tmp_path / f"{page}.png", wait_ms=8000)
             assert non_blank(shown.screenshot), page
             assert not [m for m in shown.console if "Uncaught" in m], shown.console

@@ -381,7 +381,9 @@ def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str 
     ({}, None) without either. Returns the curves and where they came from.
 
     A run folder below `tensorboard/` (the per-class runs `classes/<class>/`, each
-    logging `val/IoU`) adds its name to its tags: `val/IoU/<class>`, as in the CSV log.
+    logging `val/IoU`) adds its class name to its tags: `val/IoU/<class>`, as in the CSV
+    log. Tags are read back as the names they were logged under (`val/mIoU_best` is
+    `best/val/mIoU`, `train/epoch` is `epoch`: `seglab.tensorboard.logged_name`).
     """
     curves: dict[str, list[tuple[int, float]]] = {}
     events = run_dir / "tensorboard"
@@ -389,17 +391,22 @@ def read_curves(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str 
     if folders:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+        from seglab.tensorboard import logged_name, read_class_runs
+
         # Its reader logs every event file it moves to at INFO: not the run's business.
         logging.getLogger("tensorboard").setLevel(logging.WARNING)
+        class_runs = read_class_runs(events)
         for folder in folders:
             accumulator = EventAccumulator(
                 str(folder), size_guidance={"scalars": 0, "images": 1, "tensors": 1}
             )
             accumulator.Reload()
-            suffix = "" if folder == events else f"/{folder.name}"
+            # A class run's folder is its class name made safe: the real name is recorded.
+            run = folder.relative_to(events).as_posix()
+            suffix = "" if folder == events else f"/{class_runs.get(run, folder.name)}"
             for tag in accumulator.Tags()["scalars"]:
                 points = [(e.step, e.value) for e in accumulator.Scalars(tag)]
-                curves.setdefault(tag + suffix, []).extend(points)
+                curves.setdefault(logged_name(tag) + suffix, []).extend(points)
         source = "TensorBoard event files (tensorboard/)"
     elif (run_dir / "csv" / "metrics.csv").is_file():
         with (run_dir / "csv" / "metrics.csv").open(newline="") as file:

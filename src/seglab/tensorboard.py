@@ -36,6 +36,42 @@ _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNOR
 _MAX_FOLDER = 60
 
 
+# The group test metrics are shown in: TensorBoard orders its groups by their tags' sort
+# order, in which `test` comes before `train`, and opens only the first two; `~` sorts
+# after every letter, so the groups read train, val, test and the curves open.
+TEST_GROUP = "~test"
+
+
+def shown_tag(name: str) -> str:
+    """The TensorBoard tag of the metric `name`: every tag in a `train/`, `val/` or
+    `~test/` group, in that order. TensorBoard's Scalars tab orders the groups by their
+    tags' sort order and opens the first two, so top-level names (`best/val/mIoU`,
+    Lightning's `epoch`, the learning rate monitor's `lr-AdamW`) and `test/` (before
+    `train/`) would open instead of the curves a person looks for: `best/val/mIoU` is
+    shown as `val/mIoU_best` (beside `val/mIoU`), `epoch` and `lr-AdamW` as
+    `train/epoch` and `train/lr-AdamW`, `test/mIoU` as `~test/mIoU` (the single points
+    of the best checkpoint, last). metrics.json, the CSV log and the report keep the
+    names as logged (`logged_name`)."""
+    if name.startswith("best/"):
+        return f"{name.removeprefix('best/')}_best"
+    if name == "epoch" or name.startswith("lr-"):
+        return f"train/{name}"
+    if name.startswith("test/"):
+        return f"{TEST_GROUP}/{name.removeprefix('test/')}"
+    return name
+
+
+def logged_name(tag: str) -> str:
+    """The metric name of the TensorBoard tag `tag` (`shown_tag`'s inverse)."""
+    if tag.startswith(f"{TEST_GROUP}/"):
+        tag = f"test/{tag.removeprefix(f'{TEST_GROUP}/')}"
+    if tag.endswith("_best"):
+        return f"best/{tag.removesuffix('_best')}"
+    if tag == "train/epoch" or tag.startswith("train/lr-"):
+        return tag.removeprefix("train/")
+    return tag
+
+
 def class_folder(name: str) -> str:
     """Class `name` as one folder name that stays where it is put on any file system:
     letters, digits (any script) and `_.+-` kept, every other character (`/`, `\\`,
@@ -80,6 +116,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
       `classes/__`, never a folder outside `classes/`), one per class; `class_runs.json`
       in the log dir says which class each holds (`read_class_runs`), and a resumed run
       keeps them.
+    - Every tag goes into a `train`, `val` or `~test` group, in that order: the Scalars
+      tab opens the first two (`shown_tag`: `best/val/mIoU` is `val/mIoU_best`, `epoch`
+      is `train/epoch`, `test/mIoU` is `~test/mIoU`).
     - `epoch`, which Lightning adds to every logged dict, is left out of test metrics:
       testing restores the best checkpoint, whose epoch would be a jump back at the end
       of a curve that only climbs while fitting.
@@ -149,7 +188,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self._charted = set(metrics)
         layout = {
             CHART_TITLES.get(metric, f"per-class {metric}"): {
-                stage: ["Multiline", [f"^{stage}/{metric}$"]] for stage in ("val", "test")
+                stage: ["Multiline", [f"^{re.escape(shown_tag(f'{stage}/{metric}'))}$"]]
+                for stage in ("val", "test")
             }
             for metric in sorted(self._charted)
         }
@@ -165,11 +205,12 @@ class TensorBoardLogger(LightningTensorBoardLogger):
                 continue
             match = PER_CLASS.match(name)
             if match is None:
-                own[name] = value
+                own[shown_tag(name)] = value
                 continue
             stage, metric, class_name = match.groups()
             value = value.item() if isinstance(value, Tensor) else value
-            self._class_writer(class_name).add_scalar(f"{stage}/{metric}", value, step)
+            tag = shown_tag(f"{stage}/{metric}")
+            self._class_writer(class_name).add_scalar(tag, value, step)
             charted.add(metric)
         if charted:
             self._chart(charted)
@@ -340,7 +381,10 @@ def write_hparams(writer: SummaryWriter, row: Sequence[Column], metrics: Sequenc
     experiment = api_pb2.Experiment(
         time_created_secs=time.time(),
         hparam_infos=[_hparam_info(column) for column in row],
-        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics],
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=shown_tag(m)), display_name=m)
+            for m in metrics
+        ],
     )
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
     file_writer = writer._get_file_writer()
