@@ -17,17 +17,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seglab.checkpoint import read_checkpoint
+from seglab.budget import TimeBudgetSchedule, parse_max_time, timer_of
+from seglab.checkpoint import AtomicCheckpointIO, read_checkpoint
 from seglab.errors import SeglabError
-from seglab.resume import (
-    AtomicCheckpointIO,
-    StopOnSignal,
-    Stopped,
-    TimeBudgetSchedule,
-    config_differences,
-    parse_max_time,
-    timer_of,
-)
+from seglab.resume import config_differences
+from seglab.stop import StopOnSignal, Stopped
 from seglab.train import train
 
 # A run of 3 epochs of 6 batches, deterministic, logging every step to TensorBoard.
@@ -167,7 +161,7 @@ def _slow_save_script(path: Path, started: Path) -> str:
     return f"""
 import time, torch
 from pathlib import Path
-from seglab.resume import AtomicCheckpointIO
+from seglab.checkpoint import AtomicCheckpointIO
 real_save = torch.save
 def slow_save(obj, file, *args, **kwargs):
     Path({str(started)!r}).touch()

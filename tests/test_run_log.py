@@ -86,7 +86,7 @@ def test_early_stopping_says_why_and_where(make_cfg, tmp_path):
 
 
 def test_a_signal_is_a_stop_reason(make_cfg, tmp_path):
-    from seglab.resume import Stopped
+    from seglab.stop import Stopped
 
     run_dir = tmp_path / "run"
     kill = [

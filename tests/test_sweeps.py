@@ -39,7 +39,15 @@ from hydra_plugins.seglab_optuna_sweeper._search_space import (
     parse_search_space,
 )
 from seglab.errors import SeglabError
-from seglab.sweeps import PRUNERS, Pruned, build_pruner, open_storage, spawns_ranks
+from seglab.sweeps import (
+    PRUNERS,
+    TRIAL_KEY,
+    Pruned,
+    build_pruner,
+    open_storage,
+    spawns_ranks,
+    trial_link,
+)
 from seglab.train import train
 
 TESTS = Path(__file__).parent
@@ -321,21 +329,18 @@ def test_a_trial_reports_every_epoch_and_a_bad_curve_is_pruned_before_its_last_e
     study.add_trial(  # a finished trial no tiny run can match
         optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0})
     )
-    link = {"storage": url, "study": "s", "number": 1}
     run = [*TINY, "callbacks=none"]  # 2 epochs
 
     study.ask()  # trial 1, as the sweeper asks for it: reported to, not pruned
-    cfg = make_cfg(*run, f"optuna_trial={override_value({**link, 'pruner': 'none'})}")
+    link = override_value(trial_link(url, "s", 1, "none"))
+    cfg = make_cfg(*run, f"+{TRIAL_KEY}={link}")
     train(cfg)
     assert sorted(study.trials[1].intermediate_values) == [0, 1]
 
     study.ask()  # trial 2, judged by the median of the finished trials at each epoch
-    link = {
-        **link,
-        "number": 2,
-        "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1},
-    }
-    cfg = make_cfg(*run, f"optuna_trial={override_value(link)}", output_dir=tmp_path / "t2")
+    pruner = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
+    link = override_value(trial_link(url, "s", 2, pruner))
+    cfg = make_cfg(*run, f"+{TRIAL_KEY}={link}", output_dir=tmp_path / "t2")
     with pytest.raises(Pruned, match="optuna trial 2 pruned at epoch 0: val/acc"):
         train(cfg)
     assert list(study.trials[2].intermediate_values) == [0]
@@ -429,13 +434,16 @@ def test_trials_csv_holds_each_trial_as_soon_as_it_ends(tmp_path):
         cwd=tmp_path,
     )
     assert not (sweep_dir / "0" / "trials_at_start.csv").exists()  # none yet
+    study = _study(sweep_dir)
     for number in (1, 2):
         with (sweep_dir / str(number) / "trials_at_start.csv").open() as file:
             rows = list(csv.DictReader(file))
         assert [(r["number"], r["state"]) for r in rows] == [
             (str(n), "COMPLETE") for n in range(number)
         ]
-        assert all(float(r["value"]) >= 0 for r in rows)
+        # Each row holds the value the trial's run returned to the study.
+        values = [study.trials[n].value for n in range(number)]
+        assert [float(r["value"]) for r in rows] == pytest.approx(values, rel=1e-9)
 
 
 @pytest.mark.slow
@@ -581,7 +589,7 @@ def test_a_ddp_trial_runs_one_set_of_parameters_on_both_ranks_and_is_pruned_on_b
         "hydra.sweeper.n_trials=3",
         f"+callbacks.params._target_={__name__}.RecordParams",
         "+callbacks.params.output_dir=${paths.output_dir}",
-        "+callbacks.params.trial=${optuna_trial.number}",
+        "+callbacks.params.trial=${callbacks.optuna_trial.number}",
         "+callbacks.params.lr=${optimizer.lr}",
         "+callbacks.params.max_epochs=${trainer.max_epochs}",
         f"hydra.sweep.dir={sweep_dir}",
@@ -722,7 +730,9 @@ def test_each_way_a_job_ends_becomes_its_trials_state(tmp_path):
     assert Launcher.overrides[0] == [
         "a=1",
         f"x={trials[0].params['x']}",
-        f"optuna_trial={{storage:'{url}',study:'s',number:0,pruner:'median'}}",
+        "+callbacks.optuna_trial={_target_:'seglab.sweeps.ReportToTrial',_recursive_:false,"
+        f"storage:'{url}',study:'s',number:0,pruner:'median',"
+        "monitor:'${optimized_metric}',output_dir:'${paths.output_dir}'}",
     ]
     assert [t.user_attrs.get("run_dir") for t in trials[:6]] == [
         str(tmp_path / str(n)) for n in range(6)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from browser import non_blank, render, require_chromium
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
@@ -21,6 +22,7 @@ from seglab.config import compose
 from seglab.tensorboard import (
     TensorBoardLogger,
     final_metrics,
+    launch,
     logged_name,
     run_hparams,
     shown_tag,
@@ -109,7 +111,8 @@ def test_hparams_row_holds_the_choices_and_the_overrides_and_no_internals(tmp_pa
         ],
         output_dir=tmp_path,
     )
-    row = {column.title: column.value for column in run_hparams(cfg)}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    row = {column.title: column.value for column in run_hparams(config, launch())}
     assert row == {
         "data": "shapes",
         "model": "DeepLabV3Plus",
@@ -125,7 +128,7 @@ def test_hparams_row_holds_the_choices_and_the_overrides_and_no_internals(tmp_pa
         "model.arch": "DeepLabV3Plus",
         "optimizer.momentum": 0.8,
     }
-    varied = {column.title for column in run_hparams(cfg) if column.varied}
+    varied = {column.title for column in run_hparams(config, launch()) if column.varied}
     assert varied == {"model", "optimizer", "lr", "scheduler", "model.arch", "optimizer.momentum"}
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seglab.checkpoint import load_module
 from seglab.config import CONFIG_DIR
@@ -140,7 +141,12 @@ def test_cli_run_writes_a_complete_run_directory(tmp_path, tiny):
     best = Path(record["best_model_path"])
     assert best.parent == run_dir / "checkpoints" and best.is_file()
     checkpoint = torch.load(best, weights_only=True)
-    assert checkpoint["epoch"] in (0, 1)
+    # The epoch whose validation mIoU was the highest (the first of equal ones).
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    curve = [point.value for point in events.Scalars("val/mIoU")]
+    assert len(curve) == 2
+    assert checkpoint["epoch"] == curve.index(max(curve))
+    assert best.name == f"best-epoch{checkpoint['epoch']:03d}.ckpt"
     # The best-checkpoint callback (the other one keeps last.ckpt, monitoring nothing).
     (checkpointer,) = [
         v for k, v in checkpoint["callbacks"].items() if "'monitor': 'val/mIoU'" in k

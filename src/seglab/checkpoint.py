@@ -11,8 +11,8 @@ rebuild model, config and data from a checkpoint alone with it.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import platform
 import socket
 import subprocess
@@ -28,9 +28,11 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from seglab import rundir
 from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError, exit_message, one_line, seglab_cause
 from seglab.modules import MODULES, TaskModule
@@ -51,6 +53,32 @@ _PACKAGES = (
     "timm",
     "numpy",
 )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic for local paths: the checkpoint goes to a
+    hidden temporary file in the destination's directory, is flushed to disk, and is
+    renamed over the destination (Lightning's own writer stages the file in the system
+    temporary directory and, when that is another file system, copies it over the
+    destination, which a kill during the copy leaves truncated)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path):  # object stores: Lightning's fsspec writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return None
 
 
 def json_value(value: Any) -> float | None:
@@ -135,12 +163,7 @@ class RunRecord(L.Callback):
         """Record the run as running (before anything is built: a run that fails while
         building data or model is recorded too). A run directory that already holds a
         run (a restart) keeps that run's start time and list of restarts."""
-        previous = self.output_dir / "run_info.json"
-        if previous.is_file():
-            try:
-                self.previous = json.loads(previous.read_text())
-            except (OSError, ValueError):
-                self.previous = None
+        self.previous = rundir.recorded_run(self.output_dir) or None
         if self.previous:
             self.info["started"] = self.previous.get("started", self.info["started"])
             self.info["restarts"] = list(self.previous.get("restarts", []))
@@ -189,9 +212,7 @@ class RunRecord(L.Callback):
             self._write()
 
     def _write(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        record = redact({**self.info, **self.state})
-        (self.output_dir / "run_info.json").write_text(json.dumps(record, indent=2) + "\n")
+        rundir.write_record(self.output_dir, redact({**self.info, **self.state}))
         self._written = True
 
     def on_save_checkpoint(

@@ -215,7 +215,7 @@ def export_onnx(
     """Write `net` as ONNX with a dynamic batch (and height, width for segmentation), the
     metadata in `metadata_props`, weights inline unless they are too large for that."""
     _require("onnx", *(["onnxscript"] if dynamo else []), purpose="ONNX export")
-    import onnx
+    import onnx  # noqa: PLC0415 (the export extra)
 
     weight_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     if dynamo:
@@ -307,7 +307,7 @@ def export_torchscript(
 def _onnx_runner(path: Path) -> Runner | None:
     """An onnxruntime session on `path` as a function, or None without onnxruntime."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (the export extra)
     except ImportError:
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -350,7 +350,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():  # as load_run says, before seconds of importing Lightning
         raise SeglabError(f"checkpoint {ckpt_path} does not exist")
-    from seglab.checkpoint import load_run
+    from seglab.checkpoint import load_run  # noqa: PLC0415 (Lightning: after the checks)
 
     run = load_run(ckpt_path, map_location="cpu")
     metadata = _metadata(run)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from seglab.budget import TimeBudgetSchedule, timer_of
 from seglab.data.base import SeglabDataModule, Task
 from seglab.errors import SeglabError
 from seglab.inference import SegmentationInference, class_indices
@@ -225,8 +226,6 @@ class TaskModule(L.LightningModule):
 
     def _budget_schedule(self, optimizer: Optimizer) -> LRScheduler:
         """A run-length schedule for a run bounded by its time budget alone."""
-        from seglab.resume import TimeBudgetSchedule, timer_of
-
         timer = timer_of(self.trainer)
         if timer is None or self.scheduler_interval != "step":
             raise SeglabError(

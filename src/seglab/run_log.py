@@ -20,7 +20,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from seglab.resume import timer_of
+from seglab.budget import timer_of
 
 log = logging.getLogger(__name__)
 

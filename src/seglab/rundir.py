@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 RECORD_FILE = "run_info.json"
+METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+# The summary metrics of a run or an evaluation, by their names after `<split>/`.
+SUMMARY_METRICS = ("mIoU", "acc", "mAcc", "mDice", "acc_top5", "loss")
 RESOLVER = "seglab.run_dir"
 # ckpt_path values that continue the run of the run directory itself.
 RESTART_CKPT_NAMES = ("auto", "last")
@@ -100,6 +104,57 @@ def recorded_run(directory: Path) -> dict[str, Any] | None:
     if any((directory / CHECKPOINT_DIR).glob("*.ckpt")):
         return {}
     return None
+
+
+def last_checkpoint(directory: str | Path) -> Path:
+    """The run's `checkpoints/last.ckpt` (whether or not it exists)."""
+    return Path(directory) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
+    """`document` as indented JSON at `path`, written whole or not at all (a temporary
+    file in the same directory, renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SeglabError(f"{path} cannot be read ({err}); remove it or run again") from None
+
+
+def write_record(directory: str | Path, record: Mapping[str, Any]) -> Path:
+    """The run's `run_info.json` (seglab.checkpoint.RunRecord keeps it)."""
+    return _write_json(Path(directory) / RECORD_FILE, record)
+
+
+def read_record(directory: str | Path) -> dict[str, Any] | None:
+    """The run's `run_info.json`; None when it has none."""
+    return _read_json(Path(directory) / RECORD_FILE)
+
+
+def write_metrics(directory: str | Path, metrics: Mapping[str, Any], **fields: Any) -> Path:
+    """`metrics.json` of a run (`optimized_metric`, `best_model_path`) or an evaluation
+    (`ckpt_path`, `split`, `inference`, `per_class`): one schema, `{"metrics": {...},
+    **fields}`."""
+    return _write_json(
+        Path(directory) / METRICS_FILE, {"metrics": dict(sorted(metrics.items())), **fields}
+    )
+
+
+def read_metrics(directory: str | Path) -> dict[str, Any] | None:
+    """The `metrics.json` of `directory`; None when it has none."""
+    return _read_json(Path(directory) / METRICS_FILE)
 
 
 def is_restart(ckpt_path: Any, directory: Path) -> bool:

@@ -2,10 +2,10 @@
 sweeper (`hydra_plugins/seglab_optuna_sweeper`) reports its validation metric to the
 study every epoch and stops when the study's pruner prunes it.
 
-The sweeper links each trial's run to its study through one override,
-`optuna_trial={storage: <database URL>, study: <name>, number: <trial>, pruner: <name or
-node>}`; the run
-reaches the study through that database, so a trial on another machine (a SLURM job)
+The sweeper links each trial's run to its study by adding one callback entry to the run's
+config, `callbacks.optuna_trial` (`trial_link`: a `ReportToTrial` with the database URL,
+the study's name, the trial's number and the pruner); the run reaches the study through
+that database, so a trial on another machine (a SLURM job)
 or in several processes (DDP) reports like a local one. Under DDP only rank 0 talks to
 the study; it broadcasts the pruner's decision, and every rank stops at the same epoch.
 
@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seglab import rundir
 from seglab.errors import SeglabError, one_line
 
 if TYPE_CHECKING:
-    import optuna
+    import optuna  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
 
 log = logging.getLogger(__name__)
 
-# The key of conf/train.yaml through which the sweeper links a run to its trial.
-TRIAL_KEY = "optuna_trial"
+# The callback entry through which the sweeper links a run to its trial.
+TRIAL_KEY = "callbacks.optuna_trial"
 # Written into a pruned trial's run directory: trial number, epoch, metric and value.
 PRUNED_NOTE = "pruned.json"
 # Pruners by the names `hydra.sweeper.pruner` takes; a `_target_` node gives arguments.
@@ -55,8 +58,8 @@ class Pruned(SeglabError):
 
 def shown_url(url: str) -> str:
     """`url` fit to print: its password replaced by ***."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
 
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -96,8 +99,8 @@ def open_storage(
         SeglabError: the database cannot be reached or opened (one line: the URL, its
             password hidden, and the reason).
     """
-    import optuna
-    from sqlalchemy.exc import ArgumentError
+    import optuna  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -141,7 +144,7 @@ def _lock_sqlite_on_begin(engine: Any) -> None:
     IMMEDIATE). Optuna hands a queued trial (a retry) to the first worker that asks by
     reading its state, then writing RUNNING; SQLite has no SELECT ... FOR UPDATE, so two
     workers reading at once would both get it, and run it twice."""
-    from sqlalchemy import event
+    from sqlalchemy import event  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
 
     @event.listens_for(engine, "connect")
     def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
@@ -157,8 +160,6 @@ def _lock_sqlite_on_begin(engine: Any) -> None:
 def build_pruner(spec: str | Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     """The pruner `hydra.sweeper.pruner` names: one of `PRUNERS`, or a `_target_` node
     (`{_target_: optuna.pruners.MedianPruner, n_startup_trials: 2}`)."""
-    from hydra.utils import instantiate
-
     if spec is None:
         spec = "none"
     if isinstance(spec, str):
@@ -178,7 +179,7 @@ def load_trial(
     url: str, study_name: str, number: int, pruner: str | Mapping[str, Any] | None
 ) -> optuna.trial.Trial:
     """Trial `number` of the study `study_name` in `url`, judged by `pruner`."""
-    import optuna
+    import optuna  # noqa: PLC0415 (optuna and SQLAlchemy: the sweeps extra)
 
     storage = open_storage(url, create_tables=False)
     try:
@@ -226,8 +227,8 @@ class ReportToTrial(L.Callback):
     ) -> None:
         self.storage = storage
         self.study = study
-        self.number = number
-        self.pruner = pruner
+        self.number = int(number)
+        self.pruner = OmegaConf.to_container(pruner) if OmegaConf.is_config(pruner) else pruner
         self.monitor = monitor
         self.output_dir = Path(output_dir)
         self.pruned_at: dict[str, Any] | None = None
@@ -262,23 +263,21 @@ class ReportToTrial(L.Callback):
             }
 
 
-def trial_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """`[ReportToTrial]` when the run is a trial of seglab's optuna sweeper (its config
-    has an `optuna_trial` link), else nothing."""
-    link = cfg.get(TRIAL_KEY)
-    if not link:
-        return []
-    pruner = link.get("pruner")
-    return [
-        ReportToTrial(
-            storage=link.storage,
-            study=link.study,
-            number=int(link.number),
-            pruner=OmegaConf.to_container(pruner) if OmegaConf.is_config(pruner) else pruner,
-            monitor=cfg.optimized_metric,
-            output_dir=cfg.paths.output_dir,
-        )
-    ]
+def trial_link(
+    storage: str, study: str, number: int, pruner: str | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The callback entry (`TRIAL_KEY`) that makes a run trial `number` of `study`: a
+    `ReportToTrial` monitoring the run's `optimized_metric`."""
+    return {
+        "_target_": f"{ReportToTrial.__module__}.{ReportToTrial.__qualname__}",
+        "_recursive_": False,  # the pruner node is built by build_pruner, in the run
+        "storage": storage,
+        "study": study,
+        "number": number,
+        "pruner": pruner,
+        "monitor": "${optimized_metric}",
+        "output_dir": "${paths.output_dir}",
+    }
 
 
 def raise_if_pruned(trainer: L.Trainer) -> None:
@@ -305,10 +304,12 @@ def read_pruned_note(run_dir: str | Path) -> str | None:
 def run_value(run_dir: str | Path, metric: str) -> float | None:
     """What a finished run returns to a sweep, `best/<metric>`, read from the
     metrics.json that `seglab.train` wrote into `run_dir`."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        raise SeglabError(f"the trial's run ended without writing {path}")
-    return json.loads(path.read_text())["metrics"].get(f"best/{metric}")
+    summary = rundir.read_metrics(run_dir)
+    if summary is None:
+        raise SeglabError(
+            f"the trial's run ended without writing {Path(run_dir) / rundir.METRICS_FILE}"
+        )
+    return summary["metrics"].get(f"best/{metric}")
 
 
 def _pruned_message(note: Mapping[str, Any]) -> str:
@@ -335,12 +336,8 @@ def spawns_ranks(cfg: DictConfig) -> bool:
         # "auto": every visible GPU where the accelerator may be one.
         if trainer.get("accelerator", "auto") in ("cpu", "mps"):
             return False
-        import torch
-
         return torch.cuda.device_count() > 1
     count = int(devices)
     if count == -1:
-        import torch
-
         return trainer.get("accelerator", "auto") != "cpu" and torch.cuda.device_count() > 1
     return count > 1

@@ -8,7 +8,7 @@ import json
 import re
 import time
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +16,6 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch import Tensor
@@ -248,21 +247,36 @@ COLUMNS = (
     ("seed", "seed"),
 )
 # Overrides that say where a run writes or how it was launched, not what it trains.
-BOOKKEEPING = re.compile(r"^(hydra|paths|hparams_search|optuna_trial|ckpt_path)([./]|$)")
+BOOKKEEPING = re.compile(r"^(hydra|paths|hparams_search|callbacks\.optuna_trial|ckpt_path)([./]|$)")
 
 
-def _choice(cfg: DictConfig, group: str) -> str | None:
+class Launch(NamedTuple):
+    """How Hydra composed a run: the option chosen per config group (`model: unet`) and
+    the command-line overrides, as `launch()` reads them; empty without Hydra."""
+
+    choices: Mapping[str, str] = {}
+    overrides: Sequence[str] = ()
+
+
+def launch() -> Launch:
+    """The running Hydra job's `Launch` (read once, by the entry point)."""
+    if not HydraConfig.initialized():
+        return Launch()
+    hydra = HydraConfig.get()
+    choices = {k: str(v) for k, v in hydra.runtime.choices.items() if v is not None}
+    return Launch(choices, list(hydra.overrides.task))
+
+
+def _choice(config: Mapping[str, Any], launch: Launch, group: str) -> str | None:
     """The option chosen for config `group`: its name where Hydra composed the config,
     else the class it builds; the architecture for `model=smp`."""
-    node = cfg.get(group)
-    if not isinstance(node, DictConfig):
+    node = config.get(group)
+    if not isinstance(node, Mapping):
         return None
     if group == "model" and isinstance(node.get("arch"), str):
-        return node.arch
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get(group)
-        if choice is not None:
-            return str(choice)
+        return node["arch"]
+    if (choice := launch.choices.get(group)) is not None:
+        return choice
     target = node.get("_target_")
     return str(target).rsplit(".", 1)[-1] if target else None
 
@@ -271,28 +285,33 @@ def _scalar(value: Any) -> Any:
     """A value the HParams table holds (number, string, bool); None for none."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value, resolve=True)
     return str(value)
 
 
-def sweep_overrides(cfg: DictConfig) -> dict[str, Any]:
+def _select(config: Mapping[str, Any], key: str) -> Any:
+    """`config`'s value at the dotted `key`; None where it has none."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def sweep_overrides(config: Mapping[str, Any], launch: Launch) -> dict[str, Any]:
     """The run's command-line overrides (a sweep job's parameters among them) as
-    `{key: value}`, values read back from `cfg` (typed, resolved); Hydra's and other
-    bookkeeping keys left out. Empty outside a Hydra-composed config."""
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices
+    `{key: value}`, values read back from the resolved `config` (typed); Hydra's and
+    other bookkeeping keys left out."""
     found: dict[str, Any] = {}
-    for override in HydraConfig.get().overrides.task:
+    for override in launch.overrides:
         key, _, raw = override.partition("=")
         key = key.lstrip("+~").split("@", 1)[0]
         if not key or BOOKKEEPING.match(key):
             continue
-        if key in choices:  # a config group: its option's name
-            found[key] = _choice(cfg, key) or raw
+        if key in launch.choices:  # a config group: its option's name
+            found[key] = _choice(config, launch, key) or raw
             continue
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        value = _select(config, key)
         found[key] = _scalar(value) if value is not None else raw
     return found
 
@@ -308,16 +327,17 @@ class Column(NamedTuple):
     varied: bool  # set on the command line: a sweep's parameter
 
 
-def run_hparams(cfg: DictConfig) -> list[Column]:
-    """A run's row of the HParams table: the `COLUMNS`, in that order, then every other
-    override (`sweep_overrides`); the overridden ones, a sweep's parameters, first."""
-    overrides = sweep_overrides(cfg)
+def run_hparams(config: Mapping[str, Any], launch: Launch) -> list[Column]:
+    """A run's row of the HParams table, from its resolved `config` and its `launch`:
+    the `COLUMNS`, in that order, then every other override (`sweep_overrides`); the
+    overridden ones, a sweep's parameters, first."""
+    overrides = sweep_overrides(config, launch)
     row = []
     for i, (title, where) in enumerate(COLUMNS):
         if "." in where or where == "seed":
-            value = _scalar(OmegaConf.select(cfg, where, default=None))
+            value = _scalar(_select(config, where))
         else:
-            value = _choice(cfg, where)
+            value = _choice(config, launch, where)
         row.append(Column(f"{i:02d} {title}", title, value, where in overrides))
     shown = {where for _, where in COLUMNS}
     row += [Column(k, k, v, True) for k, v in overrides.items() if k not in shown]
@@ -387,7 +407,8 @@ def write_hparams(writer: SummaryWriter, row: Sequence[Column], metrics: Sequenc
         ],
     )
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
-    file_writer = writer._get_file_writer()
+    # SummaryWriter adds only its own summaries; its file writer takes any summary.
+    file_writer = writer._get_file_writer()  # noqa: SLF001 (torch's, no public accessor)
     file_writer.add_summary(_hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment))
     file_writer.add_summary(
         _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
@@ -396,18 +417,19 @@ def write_hparams(writer: SummaryWriter, row: Sequence[Column], metrics: Sequenc
     writer.flush()
 
 
-def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
+def log_hparams(
+    trainer: L.Trainer,
+    row: Sequence[Column],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+) -> None:
     """Record the run for comparison with others: for TensorBoard, its row of the
-    HParams table (`run_hparams`: data, model, encoder, loss, optimizer, lr, ..., the
-    overrides) with the final metrics (`final_metrics`); other loggers get the whole
-    composed config."""
-    params = OmegaConf.to_container(cfg, resolve=True)
-    params.pop("paths", None)
-    row = run_hparams(cfg)
-    shown = final_metrics(metrics)
+    HParams table (`run_hparams`) with the final metrics (`final_metrics`); other
+    loggers get `params`, the whole resolved config."""
+    shown = final_metrics(dict(metrics))
     for logger in trainer.loggers:
         if isinstance(logger, LightningTensorBoardLogger):
             if trainer.is_global_zero:
                 write_hparams(logger.experiment, row, shown)
         else:
-            logger.log_hyperparams(params)
+            logger.log_hyperparams(dict(params))

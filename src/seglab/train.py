@@ -9,16 +9,20 @@
 Each run writes into outputs/train/runs/<time>/: `.hydra/` (composed config, overrides),
 `run_info.json` (seed, versions, git commit, status: running, finished or failed with the
 error), `checkpoints/`, `tensorboard/`, `train.log` (a failure's error, and traceback
-for unexpected ones, included) and `metrics.json`.
+for unexpected ones, included) and `metrics.json` (`seglab.rundir` owns their names).
+
+`train()` reads as the run: check the options, build data, module and trainer once from
+the config, fit, test, record.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -31,33 +35,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import rundir
-from seglab.checkpoint import RunRecord, json_value, read_checkpoint
-from seglab.cli import command
+from seglab.budget import BudgetCheck, parse_max_time
+from seglab.checkpoint import AtomicCheckpointIO, RunRecord, json_value, read_checkpoint
+from seglab.cli import command, config_error
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
+from seglab.lightning_compat import logging_step
 from seglab.modules import build_module
-from seglab.resume import (
-    AtomicCheckpointIO,
-    BudgetCheck,
-    StopOnSignal,
-    Stopped,
-    logging_step,
-    parse_max_time,
-    resolve_resume,
-)
+from seglab.resume import resolve_resume
 from seglab.run_log import RunLog, position, stop_reason, to_log_files, to_log_files_once
-from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks
-from seglab.tensorboard import log_hparams
+from seglab.stop import StopOnSignal, Stopped
+from seglab.sweeps import Pruned, raise_if_pruned
+from seglab.tensorboard import launch, log_hparams, run_hparams
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Build every entry of a config group holding named objects (callbacks, loggers);
-    an entry set to null is left out."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if entry is not None]
 
 
 def _check_optimized_metric(cfg: DictConfig, module: L.LightningModule) -> None:
@@ -70,29 +61,32 @@ def _check_optimized_metric(cfg: DictConfig, module: L.LightningModule) -> None:
         )
 
 
-def _sync_data_config(cfg: DictConfig, datamodule: SeglabDataModule) -> None:
-    """Write the datamodule's classes back into `cfg.data`: a datamodule may find them on
-    disk (class-named folders, `class_names: null`), and the model head
-    (`${data.num_classes}`) and every checkpoint's stored config must see them."""
+def with_classes(cfg: DictConfig, datamodule: SeglabDataModule) -> DictConfig:
+    """`cfg` with the datamodule's classes in `data`: a datamodule may find them on disk
+    (class-named folders, `class_names: null`), and the model head (`${data.num_classes}`)
+    and every checkpoint's stored config must see them. A new config: `cfg` is unchanged."""
+    cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.data.class_names = list(datamodule.class_names)
         cfg.data.num_classes = datamodule.num_classes
+    return cfg
 
 
 # ckpt_path values Lightning resolves itself (not files).
 _LIGHTNING_CKPT_NAMES = ("hpc", "registry")
 
 
-def check_options(
-    cfg: DictConfig, output_dir: Path
-) -> tuple[str | Path | None, dict[str, Any] | None]:
-    """Options that would otherwise fail deep inside torch or Lightning, after data and
-    model were built (or silently do something else), checked before anything is built.
+class Options(NamedTuple):
+    """What `check_options` found: where the run starts and how long it may take."""
 
-    Returns:
-        the checkpoint to resume from (`ckpt_path` with "auto" and "last" resolved; None
-        for a fresh start) and its contents (None for Lightning's own names).
-    """
+    ckpt_path: str | Path | None  # "auto" and "last" resolved; None: a fresh start
+    checkpoint: dict[str, Any] | None  # its contents; None for Lightning's own names
+    budget: timedelta | None  # trainer.max_time
+
+
+def check_options(cfg: DictConfig, output_dir: Path) -> Options:
+    """Options that would otherwise fail deep inside torch or Lightning, after data and
+    model were built (or silently do something else), checked before anything is built."""
     try:  # the optimizer's own checks (lr >= 0, betas in [0, 1), ...) on one parameter
         instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
@@ -111,28 +105,17 @@ def check_options(
             f"(trainer.accelerator={accelerator}); use trainer.precision=bf16-mixed or 32-true"
         )
 
-    parse_max_time(cfg.trainer.get("max_time"))
+    budget = parse_max_time(cfg.trainer.get("max_time"))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path in _LIGHTNING_CKPT_NAMES:
-        return ckpt_path, None
-    return resolve_resume(
+        return Options(ckpt_path, None, budget)
+    path, checkpoint = resolve_resume(
         ckpt_path,
         output_dir,
         OmegaConf.to_container(cfg, resolve=True),
         fallback=bool(cfg.get("ckpt_fallback", False)),
     )
-
-
-def _remove_empty_event_files(loggers: list[Any], trainer: L.Trainer | None) -> None:
-    """A run that failed before its first training step leaves no TensorBoard run behind
-    (it would show up as an empty run among the real ones)."""
-    if trainer is not None and trainer.global_step > 0:
-        return
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and Path(logger.log_dir).is_dir():
-            logger.experiment.close()
-            for event_file in Path(logger.log_dir).glob("events.out.tfevents.*"):
-                event_file.unlink()
+    return Options(path, checkpoint, budget)
 
 
 def train(cfg: DictConfig) -> dict[str, float | None]:
@@ -140,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
 
     A failure is recorded in the run directory before it propagates: the error (with its
     traceback when it is not a `SeglabError`) in train.log, `status: failed` and the error
-    in run_info.json. A run stopped by a signal (`seglab.resume.StopOnSignal`) is
+    in run_info.json. A run stopped by a signal (`seglab.stop.StopOnSignal`) is
     checkpointed and recorded as `stopped`; the same command with `ckpt_path=auto`
     continues it.
 
@@ -152,72 +135,97 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     # Locked for the whole run; refused, before anything is written, when it holds another
     # run that this one does not restart (seglab.rundir).
     with rundir.claimed(output_dir, cfg.get("ckpt_path")):
-        return _run(cfg, output_dir)
+        record = RunRecord(_resolved(cfg, output_dir), output_dir)
+        record.start()
+        signals = cfg.get("signals") or {}
+        stopper = StopOnSignal(
+            signals=signals.get("stop", ()),
+            requeue_signal=signals.get("requeue"),
+            checkpoint_dir=output_dir / rundir.CHECKPOINT_DIR,
+        )
+        stopper.install()  # a signal while the data is read stops the run, too
+        trainer: L.Trainer | None = None
+        try:
+            options = check_options(cfg, output_dir)
+            if options.checkpoint is not None or record.previous is not None:
+                step = options.checkpoint.get("global_step", 0) if options.checkpoint else 0
+                record.restarted(options.ckpt_path if options.checkpoint else None, int(step))
+            if cfg.get("seed") is not None:
+                # Our own log line: Lightning's goes to stderr, where only errors belong.
+                L.seed_everything(cfg.seed, workers=True, verbose=False)
+                log.info("Seed %d", cfg.seed)
+
+            log.info("Building data <%s>", cfg.data._target_)
+            datamodule: SeglabDataModule = instantiate(cfg.data)
+            cfg = with_classes(cfg, datamodule)
+            record.config = config = OmegaConf.to_container(cfg, resolve=True)
+            module = _build_module(cfg, datamodule)
+            trainer = _build_trainer(
+                cfg,
+                options,
+                [record, RunLog(output_dir, cfg.optimized_metric), stopper, BudgetCheck()],
+            )
+
+            trainer.fit(module, datamodule=datamodule, ckpt_path=options.ckpt_path)
+            raise_if_pruned(trainer)  # a pruned trial ends here, on every rank, untested
+            stopper.stop_if_signalled(trainer, "after fitting, before the test")
+            reason = stop_reason(trainer)
+            log.info("Run ended: %s", reason)
+            metrics, best_path = _test(cfg, trainer, module, datamodule)
+
+            log_hparams(trainer, run_hparams(config, launch()), _params(config), metrics)
+            if trainer.is_global_zero:
+                rundir.write_metrics(
+                    output_dir,
+                    metrics,
+                    optimized_metric=cfg.optimized_metric,
+                    best_model_path=best_path,
+                )
+                log.info("Run directory: %s", output_dir)
+        except BaseException as err:
+            _record_failure(err, record, stopper, trainer)
+            raise
+        finally:
+            stopper.uninstall()
+        record.finish(stop_reason=reason)
+        _write_report(cfg, output_dir)
+    return metrics
 
 
-def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float | None]:
+def _resolved(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """The resolved config; a key left ??? or options that do not go together (model=cnn
+    data=folder) are recorded as a failed run, with the config as written, and stop it."""
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
-        # A key left ??? or options that do not go together (model=cnn data=folder):
-        # recorded as a failed run, with the config as written, before it stops.
-        from seglab.cli import config_error
-
         error = config_error(err, cfg) or SeglabError(one_line(err))
         record = RunRecord(OmegaConf.to_container(cfg, resolve=False), output_dir)
         record.start()
         to_log_files_once(logging.ERROR, exit_message(error))
         record.finish(error, stop_reason="failed before training")
         raise error from None
-    record = RunRecord(config, output_dir)
-    record.start()
-    signals = cfg.get("signals") or {}
-    stopper = StopOnSignal(
-        signals=signals.get("stop", ()),
-        requeue_signal=signals.get("requeue"),
-        checkpoint_dir=output_dir / "checkpoints",
+
+
+def _build_module(cfg: DictConfig, datamodule: SeglabDataModule) -> L.LightningModule:
+    log.info("Building model <%s>", cfg.model._target_)
+    module = build_module(
+        datamodule,
+        instantiate(cfg.model),
+        instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        **cfg.get("module", {}),
     )
-    built: dict[str, Any] = {"loggers": [], "trainer": None, "stopper": stopper, "fitting": False}
-    stopper.install()
-    try:
-        metrics = _fit_and_test(cfg, output_dir, record, built)
-    except BaseException as err:
-        where = position(built["trainer"]) if built["fitting"] else "before training"
-        if isinstance(err, Pruned):  # the sweep's decision, not a failure
-            record.finish(err, status="pruned", stop_reason=f"pruned by the sweep {where}")
-            raise
-        if isinstance(err, SIGTERMException):  # how Lightning stops between two steps
-            err = stopper.error()
-        if isinstance(err, Stopped):
-            to_log_files(logging.WARNING, f"seglab: {err}")
-            # "stopped by SIGTERM at epoch 1, batch 3/6 (step 9)", without the advice.
-            record.finish(err, status="stopped", stop_reason=str(err).split("; ")[0])
-            raise err from None
-        if isinstance(err, SeglabError):
-            to_log_files_once(logging.ERROR, exit_message(err))
-        else:
-            to_log_files(logging.ERROR, f"run failed: {one_line(err)}", sys.exc_info())
-        record.finish(err, stop_reason=f"failed {where}")
-        _remove_empty_event_files(built["loggers"], built["trainer"])
-        raise
-    finally:
-        stopper.uninstall()
-    record.finish(stop_reason=built["stop_reason"])
-    _write_report(cfg, output_dir)
-    return metrics
+    _check_optimized_metric(cfg, module)
+    return module
 
 
-def _write_report(cfg: DictConfig, output_dir: Path) -> None:
-    """The run's report.html (`report: true`); a report that cannot be made is a warning,
-    never a failure of the finished run."""
-    if not cfg.get("report") or rank_zero_only.rank != 0:
-        return
-    from seglab.report import write_report  # matplotlib and jinja2: only when needed
-
-    try:
-        log.info("Report: %s", write_report(output_dir))
-    except Exception as err:
-        log.warning("No report for %s: %s", output_dir, one_line(err))
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Build every entry of a config group holding named objects (callbacks, loggers);
+    an entry set to null is left out."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None]
 
 
 def _build_loggers(group: DictConfig | None, purge_step: int | None) -> list[Any]:
@@ -235,73 +243,37 @@ def _build_loggers(group: DictConfig | None, purge_step: int | None) -> list[Any
     return loggers
 
 
-def _fit_and_test(
-    cfg: DictConfig, output_dir: Path, record: RunRecord, built: dict[str, Any]
-) -> dict[str, float | None]:
-    ckpt_path, checkpoint = check_options(cfg, output_dir)
-    if checkpoint is not None or record.previous is not None:
-        record.restarted(
-            ckpt_path if checkpoint is not None else None,
-            int(checkpoint.get("global_step", 0)) if checkpoint is not None else 0,
-        )
-    if cfg.get("seed") is not None:
-        # Our own log line: Lightning's goes to stderr, where only errors belong.
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        log.info("Seed %d", cfg.seed)
-
-    log.info("Building data <%s>", cfg.data._target_)
-    datamodule: SeglabDataModule = instantiate(cfg.data)
-    _sync_data_config(cfg, datamodule)
-    record.config = OmegaConf.to_container(cfg, resolve=True)  # with the classes found
-    log.info("Building model <%s>", cfg.model._target_)
-    net = instantiate(cfg.model)
-    module = build_module(
-        datamodule,
-        net,
-        instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        **cfg.get("module", {}),
-    )
-    _check_optimized_metric(cfg, module)
-
-    loggers = _build_loggers(
-        cfg.get("logger"), logging_step(checkpoint) if checkpoint is not None else None
-    )
-    built["loggers"] = loggers
+def _build_trainer(cfg: DictConfig, options: Options, run_callbacks: list[L.Callback]) -> L.Trainer:
+    """The trainer: the configured callbacks (a sweep's trial link among them) and
+    loggers, then the run's own callbacks (record, log, signal stop, budget check)."""
+    checkpoint = options.checkpoint
+    loggers = _build_loggers(cfg.get("logger"), logging_step(checkpoint) if checkpoint else None)
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(record)
-    callbacks.append(RunLog(output_dir, cfg.optimized_metric))
-    callbacks.append(built["stopper"])
-    callbacks.append(BudgetCheck())
-    callbacks.extend(trial_callbacks(cfg))  # a trial of an optuna sweep reports to its study
     extra: dict[str, Any] = {}
     if not cfg.trainer.get("plugins"):  # checkpoints written atomically
         extra["plugins"] = [AtomicCheckpointIO()]
-    if (budget := parse_max_time(cfg.trainer.get("max_time"))) is not None:
+    if options.budget is not None:
         # Lightning takes a {seconds: 30}-style budget as a dict, not as a DictConfig.
-        extra["max_time"] = budget
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
+        extra["max_time"] = options.budget
+    return instantiate(
+        cfg.trainer, callbacks=[*callbacks, *run_callbacks], logger=loggers or False, **extra
     )
-    built["trainer"] = trainer
-    built["fitting"] = True
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    raise_if_pruned(trainer)  # a pruned trial ends here, on every rank, untested
-    built["stopper"].stop_if_signalled(trainer, "after fitting, before the test")
-    built["stop_reason"] = stop_reason(trainer)
-    log.info("Run ended: %s", built["stop_reason"])
-    metrics = {name: json_value(value) for name, value in trainer.callback_metrics.items()}
 
+
+def _test(
+    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: SeglabDataModule
+) -> tuple[dict[str, float | None], str]:
+    """The last validation's metrics, `best/<optimized_metric>` and, with `test: true`, the
+    test of the best checkpoint; and that checkpoint's path ("" when none was saved)."""
+    metrics = {name: json_value(value) for name, value in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None:
         metrics[f"best/{cfg.optimized_metric}"] = json_value(checkpoint.best_model_score)
     else:
         metrics[f"best/{cfg.optimized_metric}"] = metrics.get(cfg.optimized_metric)
-
     if cfg.get("test"):
         # The best checkpoint when there is one; the weights in memory otherwise
         # (fast_dev_run and checkpointing switched off save none).
@@ -309,17 +281,61 @@ def _fit_and_test(
             _check_best_checkpoint(Path(best_path))
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         metrics.update({name: json_value(v) for name, v in results[0].items()})
+    return metrics, best_path
 
-    log_hparams(trainer, cfg, metrics)
-    if trainer.is_global_zero:
-        summary = {
-            "optimized_metric": cfg.optimized_metric,
-            "best_model_path": best_path,
-            "metrics": dict(sorted(metrics.items())),
-        }
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("Run directory: %s", output_dir)
-    return metrics
+
+def _params(config: dict[str, Any]) -> dict[str, Any]:
+    """The config other loggers than TensorBoard record: all of it but where it writes."""
+    return {key: value for key, value in config.items() if key != "paths"}
+
+
+def _record_failure(
+    err: BaseException, record: RunRecord, stopper: StopOnSignal, trainer: L.Trainer | None
+) -> None:
+    """Record how the run ended before `err` propagates: pruned, stopped by a signal
+    (raised as `Stopped`) or failed, with where it stood."""
+    where = position(trainer) if trainer is not None else "before training"
+    if isinstance(err, Pruned):  # the sweep's decision, not a failure
+        record.finish(err, status="pruned", stop_reason=f"pruned by the sweep {where}")
+        return
+    if isinstance(err, SIGTERMException):  # how Lightning stops between two steps
+        err = stopper.error()
+    if isinstance(err, Stopped):
+        to_log_files(logging.WARNING, f"seglab: {err}")
+        # "stopped by SIGTERM at epoch 1, batch 3/6 (step 9)", without the advice.
+        record.finish(err, status="stopped", stop_reason=str(err).split("; ")[0])
+        raise err from None
+    if isinstance(err, SeglabError):
+        to_log_files_once(logging.ERROR, exit_message(err))
+    else:
+        to_log_files(logging.ERROR, f"run failed: {one_line(err)}", sys.exc_info())
+    record.finish(err, stop_reason=f"failed {where}")
+    _remove_empty_event_files(trainer)
+
+
+def _remove_empty_event_files(trainer: L.Trainer | None) -> None:
+    """A run that failed before its first training step leaves no TensorBoard run behind
+    (it would show up as an empty run among the real ones)."""
+    if trainer is None or trainer.global_step > 0:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and Path(logger.log_dir).is_dir():
+            logger.experiment.close()
+            for event_file in Path(logger.log_dir).glob("events.out.tfevents.*"):
+                event_file.unlink()
+
+
+def _write_report(cfg: DictConfig, output_dir: Path) -> None:
+    """The run's report.html (`report: true`); a report that cannot be made is a warning,
+    never a failure of the finished run."""
+    if not cfg.get("report") or rank_zero_only.rank != 0:
+        return
+    from seglab.report import write_report  # noqa: PLC0415 (matplotlib, jinja2: only when asked)
+
+    try:
+        log.info("Report: %s", write_report(output_dir))
+    except Exception as err:
+        log.warning("No report for %s: %s", output_dir, one_line(err))
 
 
 def _check_best_checkpoint(path: Path) -> None:

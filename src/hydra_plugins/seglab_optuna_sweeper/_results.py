@@ -155,7 +155,7 @@ def _write_trials_csv(
 
 
 def _write_plots(study: optuna.Study, folder: Path) -> None:
-    from optuna import visualization
+    from optuna import visualization  # noqa: PLC0415 (plotly: only for the plots)
 
     if not visualization.is_available():
         log.warning("No plots: plotly is not installed")

@@ -37,7 +37,15 @@ from sqlalchemy.engine import make_url
 
 from seglab.errors import SeglabError, one_line
 from seglab.secrets import redact_file
-from seglab.sweeps import TRIAL_KEY, Pruned, build_pruner, driver_url, open_storage, shown_url
+from seglab.sweeps import (
+    TRIAL_KEY,
+    Pruned,
+    build_pruner,
+    driver_url,
+    open_storage,
+    shown_url,
+    trial_link,
+)
 
 from ._results import (
     ERROR_ATTR,
@@ -358,7 +366,7 @@ class Sweep:
         def objective(trial: Trial) -> float:
             study = trial.study
             if isinstance(self.storage, SweeperStorage):
-                self.storage.alive.add(trial._trial_id)
+                self.storage.alive.add(trial._trial_id)  # noqa: SLF001 (optuna has no public id)
             trials = study.get_trials(deepcopy=False)
             frozen = next(t for t in trials if t.number == trial.number)
             if retry_of(frozen) is None:
@@ -370,16 +378,11 @@ class Sweep:
                     raise TrialFailed(reason)
             trial.set_user_attr(WORKER_ATTR, WORKER)
             params = {key: suggest(trial, key, d) for key, d in self.space.items()}
-            link = {
-                "storage": link_url,
-                "study": study.study_name,
-                "number": trial.number,
-                "pruner": self.options["pruner"],
-            }
+            link = trial_link(link_url, study.study_name, trial.number, self.options["pruner"])
             overrides = [
                 *self.fixed,
                 *(f"{key}={override_value(value)}" for key, value in params.items()),
-                f"{TRIAL_KEY}={override_value(link)}",
+                f"+{TRIAL_KEY}={override_value(link)}",
             ]
             if subdir_is_number:
                 trial.set_user_attr(RUN_DIR_ATTR, str(self.sweep_dir / str(trial.number)))
@@ -405,7 +408,8 @@ def _value(trial: Trial, result: JobReturn, metric: str | None) -> float:
     if result.hydra_cfg is not None:
         trial.set_user_attr(RUN_DIR_ATTR, str(result.hydra_cfg.hydra.runtime.output_dir))
     if result.status != JobStatus.COMPLETED:
-        error = result._return_value  # the job's exception (return_value would raise it)
+        # The job's exception (Hydra's return_value would raise it).
+        error = result._return_value  # noqa: SLF001 (Hydra has no public reader of it)
         if isinstance(error, Pruned | optuna.TrialPruned):
             raise optuna.TrialPruned(str(error))
         _fail(trial, f"{type(error).__name__}: {one_line(error)}")

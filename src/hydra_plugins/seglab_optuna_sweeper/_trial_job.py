@@ -40,7 +40,7 @@ _SWEEP_ONLY = ("hydra.sweep", "hydra/sweeper", "hydra.launcher", "hydra/launcher
 def entry_command() -> list[str]:
     """The command that started this process, without its arguments (as Lightning
     rebuilds it for DDP ranks)."""
-    import __main__
+    import __main__  # noqa: PLC0415 (the program running now, not at import)
 
     spec = getattr(__main__, "__spec__", None)
     if spec is not None:

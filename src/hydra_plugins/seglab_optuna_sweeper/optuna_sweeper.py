@@ -17,11 +17,13 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.errors import SeglabError, exit_message
+
 
 def _require_optuna() -> None:
     """optuna and plotly are the `sweeps` extra, not a core dependency (issue 20)."""
     try:
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401, PLC0415 (the sweeps extra: a clear error without it)
     except ImportError:
         # One line, like seglab's commands; Hydra would print a traceback.
         raise SystemExit(
@@ -70,7 +72,7 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from ._trial_job import TrialJob, entry_command
+        from ._trial_job import TrialJob, entry_command  # noqa: PLC0415 (Hydra imports every plugin at start-up: Lightning only to sweep)
 
         self.config = config
         self.hydra_context = hydra_context
@@ -81,9 +83,7 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from seglab.errors import SeglabError, exit_message
-
-        from ._sweep import Sweep
+        from ._sweep import Sweep  # noqa: PLC0415 (Hydra imports every plugin at start-up: Lightning only to sweep)
 
         assert self.config is not None and self.hydra_context is not None
         try:
