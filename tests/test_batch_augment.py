@@ -1,7 +1,8 @@
-"""Batch augmentation of cached uint8 data: the same distribution of crops, scales and
-flips as the per-sample torchvision path, deterministic in its generator, exact where
-nothing is random, and applied by the datamodule hook to training batches only, seeded so
-a resumed run repeats the uninterrupted one."""
+"""The augmentation of each task (`seglab.data.transforms`): the same distribution of
+crops, scales and flips as torchvision's v2 pipelines, deterministic in its generator,
+exact where nothing is random, its per-sample path exactly its batch path for the same
+generator, and applied by the datamodule hook to training batches only, seeded so a
+resumed run repeats the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from seglab.data.base import SeglabDataModule, batch_seed
-from seglab.data.batch_augment import ClassificationBatchAugment, SegmentationBatchAugment
-from seglab.data.transforms import classification_transform, train_transform
+from seglab.data.transforms import (
+    ClassificationAugment,
+    SegmentationAugment,
+    color_jitter_transform,
+)
 
 # Identity normalisation: outputs keep the 0-255 values, so crops can be read back.
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -57,6 +62,42 @@ def assert_same_distribution(a: Sequence[Hashable], b: Sequence[Hashable], what:
     assert stat < critical, (
         f"{what}: chi2={stat:.1f} >= {critical:.1f} (dof {dof}); "
         f"batch {sorted(count_a.items())} vs per-sample {sorted(count_b.items())}"
+    )
+
+
+def _plain(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+    plain = tuple(t.as_subclass(torch.Tensor) for t in tensors)
+    return plain if len(plain) > 1 else plain[0]
+
+
+def torchvision_classification(
+    size: int, mean, std, train: bool, crop_padding: int = 4, hflip: float = 0.5
+) -> Callable:
+    """The reference: torchvision's v2 pipeline of the classification augmentation."""
+    steps = [v2.RandomCrop(size, padding=crop_padding), v2.RandomHorizontalFlip(hflip)]
+    normalise = [v2.ToDtype(torch.float32, scale=False), v2.Normalize(list(mean), list(std))]
+    return v2.Compose([*(steps if train else []), *normalise, _plain])
+
+
+def torchvision_segmentation(
+    crop: int, ignore_index: int, mean, std, scale_range=(0.5, 2.0), hflip=0.5, color_jitter=None
+) -> Callable:
+    """The reference: torchvision's v2 pipeline of the segmentation augmentation."""
+    jitter = color_jitter_transform(color_jitter)
+    return v2.Compose(
+        [
+            v2.ScaleJitter(target_size=(crop, crop), scale_range=scale_range),
+            v2.RandomCrop(
+                crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+            ),
+            v2.RandomHorizontalFlip(p=hflip),
+            *([jitter] if jitter is not None else []),
+            v2.ToDtype(
+                {tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=False
+            ),
+            v2.Normalize(mean=list(mean), std=list(std)),
+            _plain,
+        ]
     )
 
 
@@ -95,12 +136,12 @@ def _crop_and_flip(output: torch.Tensor, image: torch.Tensor, pad: int) -> tuple
 
 def test_classification_crops_and_flips_are_distributed_like_torchvision():
     image, pad = _coordinate_image(), 4
-    augment = ClassificationBatchAugment(32, **RAW, crop_padding=pad, hflip=0.5)
+    augment = ClassificationAugment(32, **RAW, crop_padding=pad, hflip=0.5)
     batched = _batched(
         augment, lambda n: (image.expand(n, -1, -1, -1).contiguous(), torch.zeros(n).long())
     )
     torch.manual_seed(0)
-    per_sample = classification_transform(32, **RAW, train=True, resize=False, crop_padding=pad)
+    per_sample = torchvision_classification(32, **RAW, train=True, crop_padding=pad)
     reference = [per_sample(tv_tensors.Image(image)) for _ in range(SAMPLES)]
 
     ours = [_crop_and_flip(output, image, pad) for output, _ in batched]
@@ -115,16 +156,14 @@ def test_classification_without_augmentation_normalises_exactly_like_torchvision
     labels = torch.arange(5)
     expected = torch.stack(
         [
-            classification_transform(32, MEAN, STD, train=False, resize=False)(
-                tv_tensors.Image(image)
-            )
+            torchvision_classification(32, MEAN, STD, train=False)(tv_tensors.Image(image))
             for image in images
         ]
     )
     generator = torch.Generator().manual_seed(0)
     for augment in (
-        ClassificationBatchAugment(32, MEAN, STD, augment=False),
-        ClassificationBatchAugment(32, MEAN, STD, crop_padding=0, hflip=0.0),
+        ClassificationAugment(32, MEAN, STD, augment=False),
+        ClassificationAugment(32, MEAN, STD, crop_padding=0, hflip=0.0),
     ):
         out, out_labels = augment((images, labels), generator)
         assert out.dtype == torch.float32 and torch.equal(out, expected)
@@ -133,7 +172,7 @@ def test_classification_without_augmentation_normalises_exactly_like_torchvision
 
 def test_classification_is_a_function_of_the_generator_seed(device):
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, device=device)
-    augment = ClassificationBatchAugment(32, MEAN, STD)
+    augment = ClassificationAugment(32, MEAN, STD)
 
     def run(seed: int) -> torch.Tensor:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -146,7 +185,7 @@ def test_classification_is_a_function_of_the_generator_seed(device):
 
 
 def test_classification_refuses_images_of_another_size():
-    augment = ClassificationBatchAugment(32, MEAN, STD)
+    augment = ClassificationAugment(32, MEAN, STD)
     images = torch.zeros(2, 3, 30, 32, dtype=torch.uint8)
     with pytest.raises(Exception, match=r"cached images are \[30, 32\].*crops \[32, 32\]"):
         augment((images, torch.zeros(2).long()), torch.Generator())
@@ -156,7 +195,7 @@ def test_classification_refuses_images_of_another_size():
 
 
 def _segmentation_outputs(
-    augment: SegmentationBatchAugment, per_sample: Callable, image: torch.Tensor, mask: torch.Tensor
+    augment: SegmentationAugment, per_sample: Callable, image: torch.Tensor, mask: torch.Tensor
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """SAMPLES outputs of the batch path and of the per-sample path, each stacked as
     (images [N, 3, h, w], masks [N, h, w]), checked to hold only black or input pixels
@@ -198,8 +237,8 @@ def test_segmentation_scale_padding_and_flips_are_distributed_like_torchvision()
     mask[:, 9:] = 7
     kwargs = {"scale_range": (0.5, 0.9), "hflip": 0.5}
     (_, ours), (_, theirs) = _segmentation_outputs(
-        SegmentationBatchAugment(48, IGNORE, **RAW, **kwargs),
-        train_transform(48, IGNORE, **RAW, **kwargs),
+        SegmentationAugment(48, IGNORE, **RAW, **kwargs),
+        torchvision_segmentation(48, IGNORE, **RAW, **kwargs),
         image,
         mask,
     )
@@ -224,7 +263,7 @@ def test_segmentation_resizes_image_and_mask_like_torchvision():
     image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
     mask = torch.full((60, 90), 3, dtype=torch.uint8)
     mask[:, 45:] = 7
-    augment = SegmentationBatchAugment(48, IGNORE, **RAW, scale_range=(0.3, 0.5))
+    augment = SegmentationAugment(48, IGNORE, **RAW, scale_range=(0.3, 0.5))
     images, masks = augment(([image] * 16, [mask] * 16), torch.Generator().manual_seed(0))
     for out_image, out_mask, (height, width, top, left, flipped) in zip(
         images, masks, _placement(masks), strict=True
@@ -260,7 +299,10 @@ def test_segmentation_crops_are_distributed_like_torchvision():
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     mask = torch.arange(60, dtype=torch.uint8).expand(40, 60).contiguous()
     (images, ours), (_, theirs) = _segmentation_outputs(
-        SegmentationBatchAugment(32, IGNORE, **RAW), train_transform(32, IGNORE, **RAW), image, mask
+        SegmentationAugment(32, IGNORE, **RAW),
+        torchvision_segmentation(32, IGNORE, **RAW),
+        image,
+        mask,
     )
     assert images.shape == (SAMPLES, 3, 32, 32) and ours.shape == (SAMPLES, 32, 32)
     ours_f, theirs_f = _crop_features(ours), _crop_features(theirs)
@@ -273,12 +315,12 @@ def test_segmentation_without_augmentation_normalises_exactly_like_torchvision()
     masks = [torch.randint(0, 5, (24, 24), dtype=torch.uint8) for _ in range(3)]
     # Scale 1 of an image the crop's size: no resize, no crop, no flip.
     kwargs = {"scale_range": (1.0, 1.0), "hflip": 0.0}
-    per_sample = train_transform(24, IGNORE, MEAN, STD, **kwargs)
+    per_sample = torchvision_segmentation(24, IGNORE, MEAN, STD, **kwargs)
     expected = [
         per_sample(tv_tensors.Image(i), tv_tensors.Mask(m))
         for i, m in zip(images, masks, strict=True)
     ]
-    augment = SegmentationBatchAugment(24, IGNORE, MEAN, STD, **kwargs)
+    augment = SegmentationAugment(24, IGNORE, MEAN, STD, **kwargs)
     out_images, out_masks = augment((images, masks), torch.Generator().manual_seed(0))
     assert torch.equal(out_images, torch.stack([e[0] for e in expected]))
     assert torch.equal(out_masks, torch.stack([e[1] for e in expected]))
@@ -289,8 +331,8 @@ def test_segmentation_colour_jitter_is_distributed_like_torchvision_and_spares_t
     mask = torch.randint(0, 5, (8, 8), dtype=torch.uint8)
     kwargs = {"scale_range": (1.0, 1.0), "hflip": 0.0, "color_jitter": {"brightness": 0.5}}
     (ours, ours_masks), (theirs, _) = _segmentation_outputs(
-        SegmentationBatchAugment(8, IGNORE, **RAW, **kwargs),
-        train_transform(8, IGNORE, **RAW, **kwargs),
+        SegmentationAugment(8, IGNORE, **RAW, **kwargs),
+        torchvision_segmentation(8, IGNORE, **RAW, **kwargs),
         image,
         mask,
     )
@@ -305,7 +347,7 @@ def test_segmentation_is_a_function_of_the_generator_seed(device):
     images = [torch.randint(0, 256, (3, 30 + i, 40), dtype=torch.uint8) for i in range(4)]
     masks = [torch.randint(0, 5, image.shape[1:], dtype=torch.uint8) for image in images]
     images, masks = [i.to(device) for i in images], [m.to(device) for m in masks]
-    augment = SegmentationBatchAugment(32, IGNORE, MEAN, STD, color_jitter={"hue": 0.1})
+    augment = SegmentationAugment(32, IGNORE, MEAN, STD, color_jitter={"hue": 0.1})
 
     def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = augment((images, masks), torch.Generator(device=device).manual_seed(seed))
@@ -315,6 +357,44 @@ def test_segmentation_is_a_function_of_the_generator_seed(device):
     (image_a, mask_a), (image_b, mask_b), (image_c, _) = run(1), run(1), run(2)
     assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)
     assert not torch.equal(image_a, image_c)
+
+
+# One implementation, two paths --------------------------------------------------------------
+
+
+def test_classification_samples_one_by_one_equal_the_batch_for_the_same_generator():
+    """`sample` (the loader's path without a cache) is the batch path on a batch of one:
+    samples augmented one after another from a generator equal the whole batch augmented
+    from the same seed, bit for bit; without a generator it draws from the global one."""
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(24)
+    augment = ClassificationAugment(32, MEAN, STD, crop_padding=4, hflip=0.5)
+    batch, batch_labels = augment((images, labels), torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    one_by_one = [
+        augment.sample(image, int(label), generator)
+        for image, label in zip(images, labels, strict=True)
+    ]
+    assert torch.equal(torch.stack([image for image, _ in one_by_one]), batch)
+    assert [label for _, label in one_by_one] == batch_labels.tolist()
+    assert len({image.sum().item() for image, _ in one_by_one}) > 1  # really augmented
+    torch.manual_seed(3)
+    drawn = augment.sample(images[0], 0)
+    assert torch.equal(drawn[0], augment.sample(images[0], 0, torch.Generator().manual_seed(3))[0])
+
+
+def test_segmentation_samples_one_by_one_equal_the_batch_for_the_same_generator():
+    images = [torch.randint(0, 256, (3, 20 + 3 * i, 30 - i), dtype=torch.uint8) for i in range(6)]
+    masks = [torch.randint(0, 5, image.shape[1:], dtype=torch.uint8) for image in images]
+    augment = SegmentationAugment(
+        16, IGNORE, MEAN, STD, color_jitter={"brightness": 0.4, "hue": 0.1}
+    )
+    batch_images, batch_masks = augment((images, masks), torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(9)
+    one_by_one = [augment.sample(i, m, generator) for i, m in zip(images, masks, strict=True)]
+    assert torch.equal(torch.stack([image for image, _ in one_by_one]), batch_images)
+    assert torch.equal(torch.stack([mask for _, mask in one_by_one]), batch_masks)
+    assert batch_masks.dtype == torch.int64 and batch_images.shape == (6, 3, 16, 16)
 
 
 # The datamodule hook ----------------------------------------------------------------------
@@ -345,7 +425,7 @@ class _CachedData(SeglabDataModule):
         labels = torch.arange(12) % 2
         self.train_set = TensorDataset(images.to(torch.uint8), labels)
         self.val_set = TensorDataset(images[:4].float(), labels[:4])
-        augment = ClassificationBatchAugment(4, self.mean, self.std, crop_padding=1)
+        augment = ClassificationAugment(4, self.mean, self.std, crop_padding=1)
 
         def transform(batch, generator: torch.Generator):
             self.calls.append((self.trainer.state.stage.value, generator.initial_seed()))

@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from seglab.config import compose
 from seglab.data.base import to_input
 from seglab.data.folder import LAYOUT, FolderDataModule, find_splits
-from seglab.data.transforms import eval_transform, train_transform
+from seglab.data.transforms import SegmentationAugment
 from seglab.errors import SeglabError
 from seglab.train import train
 
@@ -165,6 +165,11 @@ def test_label_map_is_applied_after_decoding(tmp_path):
     np.testing.assert_array_equal(mask.numpy(), expected)
 
 
+def train_transform(crop_size: int, ignore_index: int, mean, std, **kwargs):
+    """The per-sample training path of `data=folder` (without a cache)."""
+    return SegmentationAugment(crop_size, ignore_index, mean, std, **kwargs).sample
+
+
 def test_train_crop_pads_small_images_with_ignore_index():
     """40x80 at scale 1 fits the 64 crop as 32x64: the missing rows are ignore_index
     (image 0, i.e. black before normalisation), the rest are labels."""
@@ -218,7 +223,7 @@ def test_color_jitter_changes_the_image_only():
 def test_eval_transform_is_to_input():
     image = _image(np.random.default_rng(3), 37, 51)
     labels = np.arange(37 * 51, dtype=np.int64).reshape(37, 51) % 3
-    out_image, out_mask = eval_transform(MEAN, STD)(
+    out_image, out_mask = SegmentationAugment(8, 255, MEAN, STD).evaluate(
         tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
         tv_tensors.Mask(torch.from_numpy(labels.astype(np.uint8))),
     )
@@ -301,7 +306,7 @@ def test_corrupt_image_is_named_with_its_split(tmp_path):
     with pytest.raises(SeglabError, match=r"cannot read image .*train/b.jpg \(train split\)"):
         dm.train_set[1]
     # With num_workers=0 the loader raises the same error in the main process.
-    dm.train_set.pairs, dm.batch_size = dm.train_set.pairs[:2], 2  # one batch holds b.jpg
+    dm.train_set.samples, dm.batch_size = dm.train_set.samples[:2], 2  # one batch holds b.jpg
     with pytest.raises(SeglabError, match=r"cannot read image .*b.jpg"):
         next(iter(dm.train_dataloader()))
 

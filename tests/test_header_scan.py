@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,14 @@ def test_headers_come_back_in_order_in_this_thread_or_a_pool(tmp_path, monkeypat
     disk (forced here) by a pool of threads; either way every header, in order."""
     monkeypatch.setattr(headers, "CHUNK", 4)
     monkeypatch.setattr(headers, "IO_BOUND_S", 0.0 if io_bound else 1.0)
+    readers: dict[str, threading.Thread] = {}
+    original = headers.read_header
+
+    def recorded(path):
+        readers[Path(path).name] = threading.current_thread()
+        return original(path)
+
+    monkeypatch.setattr(headers, "read_header", recorded)
     paths = []
     for i in range(11):
         path = tmp_path / f"{i:02d}.png"
@@ -229,3 +238,9 @@ def test_headers_come_back_in_order_in_this_thread_or_a_pool(tmp_path, monkeypat
     found = headers.read_headers(paths)
     assert [h.width for h in found] == [5 + i if i != 7 else 0 for i in range(11)]
     assert found[7].error == "cannot identify image file"
+    # The first CHUNK files are timed in this thread; the other 7 go to the pool when
+    # opening them waits on the disk, else they stay here too.
+    main = threading.main_thread()
+    assert len(readers) == 11 and all(readers[p.name] is main for p in paths[:4])
+    pooled = {p.name for p in paths[4:] if readers[p.name] is not main}
+    assert pooled == ({p.name for p in paths[4:]} if io_bound else set())

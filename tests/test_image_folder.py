@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import ClassVar
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from seglab.checkpoint import RunRecord
 from seglab.data.base import to_input
 from seglab.data.image_folder import ImageFolderDataModule, find_splits
 from seglab.errors import SeglabError
@@ -61,22 +64,42 @@ def paths(dataset) -> list[str]:
     return [path for path, _ in dataset.samples]
 
 
+class SeenAtFit(L.Callback):
+    """Records what the run was built with, as fit starts: the config its checkpoints
+    store and the classes of the module's head."""
+
+    seen: ClassVar[dict] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        record = next(c for c in trainer.callbacks if isinstance(c, RunRecord))
+        head = [m for m in pl_module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        SeenAtFit.seen = {
+            "data": record.config["data"],
+            "class_names": list(pl_module.class_names),
+            "outputs": head.out_features,
+        }
+
+
 def test_experiment_puts_the_folder_classes_into_the_config(make_cfg, tmp_path, fast_run):
     """experiment=folder_cnn with class_names/num_classes null: the datamodule lists the
-    folders, train() writes them into cfg.data before the CNN head is built, and one
-    batch trains and tests."""
+    folders, train() puts them into the run's config before the CNN head is built (the
+    config its checkpoints store), and one batch trains and tests. The caller's config
+    is left as it was."""
     write_tree(tmp_path / "data")
     cfg = make_cfg(
         "experiment=folder_cnn",
         f"data.root={tmp_path / 'data'}",
         "data.batch_size=4",
+        f"+callbacks.seen._target_={__name__}.SeenAtFit",
         *fast_run,
         tiny=False,
     )
     assert cfg.data.class_names is None and cfg.data.num_classes is None
     metrics = train(cfg)
-    assert list(cfg.data.class_names) == SORTED == ["ant", "bee", "cat"]
-    assert cfg.data.num_classes == 3
+    seen = SeenAtFit.seen
+    assert seen["data"]["class_names"] == seen["class_names"] == SORTED == ["ant", "bee", "cat"]
+    assert seen["data"]["num_classes"] == seen["outputs"] == 3
+    assert cfg.data.class_names is None and cfg.data.num_classes is None  # not mutated
     assert cfg.optimized_metric == "val/acc" and cfg.trainer.max_epochs == 20
     assert cfg.model._target_ == "seglab.models.SimpleCNN" and cfg.optimizer.lr == 1e-3
     assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])

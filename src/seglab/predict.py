@@ -105,7 +105,7 @@ class ImageFiles(Dataset):
         except UnreadableImage as err:
             return str(path), str(err)
         if self.size is not None:
-            # The resize classifiers were trained with (`classification_transform`).
+            # The resize image_folder applies when decoding (`ImageFolderDataModule.decode`).
             image = TF.resize(image, list(self.size), antialias=True)
         return str(path), image.permute(1, 2, 0).contiguous().numpy()
 

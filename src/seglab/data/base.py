@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from seglab.data.samplers import SeglabLoader, distinct_sizes, eval_batch_sampler, loader_sampler
 from seglab.data.splits import check_folds, fold_split
 from seglab.errors import SeglabError
+from seglab.lightning_compat import batches_ready
 from seglab.sizes import size_pair
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class SeglabDataModule(L.LightningDataModule):
         seed = torch.initial_seed() if self._train_seed is None else self._train_seed
         # Batches fetched so far this epoch, i.e. this batch's index: the epoch loop counts
         # it as ready only after the transfer. Restored from checkpoints, like the epoch.
-        index = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        index = batches_ready(trainer)
         tensor = _first_tensor(batch)
         generator = torch.Generator(device=tensor.device if tensor is not None else "cpu")
         generator.manual_seed(batch_seed(seed, trainer.current_epoch, index, trainer.global_rank))

@@ -47,11 +47,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision import tv_tensors
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from seglab.data.transforms import ImageTransform
 from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
@@ -460,25 +458,23 @@ def decoded(source: Dataset, desc: str) -> Iterator[tuple[int, tuple | None]]:
             bar.update(len(batch))
 
 
-def build_classification(
-    source: Dataset, labels: Sequence[int], size: tuple[int, int], desc: str
-) -> Build:
+def build_classification(source: Dataset, size: tuple[int, int], desc: str) -> Build:
     """Build of the classification layout from `source`, whose items are `(uint8 image
-    [3, *size], label)` or None for a file to leave out (its index goes to
+    [3, *size], int label)` or None for a sample to leave out (its index goes to
     `extra["skipped"]`)."""
 
     def build(allocate: Allocate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        count = len(labels)
+        count = len(source)  # type: ignore[arg-type]
         images = allocate("images", (count, 3, *size), np.uint8)
-        kept = allocate("labels", (count,), np.int64)
+        labels = allocate("labels", (count,), np.int64)
         skipped, k = [], 0
         for index, item in decoded(source, desc):
             if item is None:
                 skipped.append(index)
                 continue
-            images[k], kept[k] = item[0], labels[index]
+            images[k], labels[k] = item
             k += 1
-        return {"images": images[:k], "labels": kept[:k]}, {"skipped": skipped}
+        return {"images": images[:k], "labels": labels[:k]}, {"skipped": skipped}
 
     return build
 
@@ -528,42 +524,3 @@ def segmentation_sizes(store: Store) -> np.ndarray:
 def pass_through(batch: Any) -> Any:
     """The collate of loaders over cached splits: their `__getitems__` gives whole batches."""
     return batch
-
-
-class CachedClassification(Dataset):
-    """Decoded classification images from a store: `(transform(image), int label)` per
-    item, or the stored uint8 image [3, H, W] when `transform` is None; `__getitems__`
-    gives a whole batch (collate with `pass_through`).
-
-    Args:
-        store: "images" uint8 [N, 3, H, W] and "labels" int64 [N].
-        transform: uint8 `tv_tensors.Image` -> the item's tensor; None: training, where
-            a batch is the stored images gathered in one indexing and augmented on the
-            training device (`seglab.data.batch_augment`).
-    """
-
-    def __init__(self, store: Store, transform: ImageTransform | None) -> None:
-        self.store = store
-        self.transform = transform
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.store["labels"]
-
-    def __len__(self) -> int:
-        return len(self.store["labels"])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(np.array(self.store["images"][index]))  # a writable copy
-        if self.transform is not None:
-            image = self.transform(tv_tensors.Image(image))
-        return image, int(self.store["labels"][index])
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: images uint8 [B, 3, H, W] (transformed: as the transform gives), labels
-        LongTensor[B]."""
-        if self.transform is not None:
-            return default_collate([self[i] for i in indices])
-        rows = np.asarray(indices, dtype=np.int64)
-        images = np.ascontiguousarray(self.store["images"][rows])
-        return torch.from_numpy(images), torch.from_numpy(np.array(self.store["labels"][rows]))

@@ -36,34 +36,21 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable, Sequence
+from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
-from seglab.data.base import SPLITS, SeglabDataModule
-from seglab.data.batch_augment import ClassificationBatchAugment
-from seglab.data.cache import (
-    Allocate,
-    Build,
-    CachedClassification,
-    CacheMode,
-    Source,
-    Store,
-    cache_root,
-    check_mode,
-    decoded_nbytes,
-    file_stats,
-    in_memory,
-    on_disk,
-    pass_through,
-    resolve,
-)
+from seglab.data.base import SPLITS, Problems
+from seglab.data.cache import CacheMode, Store, pass_through
+from seglab.data.decoded import DecodedDataModule, DecodedSplit
 from seglab.data.splits import stratified_split
-from seglab.data.transforms import classification_transform
+from seglab.data.transforms import ClassificationAugment
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
@@ -177,7 +164,6 @@ def read_label_names(path: Path) -> list[str]:
 
 
 Raw = dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (images, labels)
-RESIZE_CHUNK = 1000  # images resized at once while caching
 
 
 def _store(images: torch.Tensor, labels: torch.Tensor) -> Store:
@@ -185,7 +171,34 @@ def _store(images: torch.Tensor, labels: torch.Tensor) -> Store:
     return Store({"images": images.numpy(), "labels": labels.numpy()})
 
 
-class CIFAR10DataModule(SeglabDataModule):
+class _Unpickled:
+    """One split's images and labels, unpickled on first use (shared by the splits of one
+    listing): a disk cache built for the batch files never needs them. Item i is (uint8
+    image [3, 32, 32], int label)."""
+
+    def __init__(self, read: Callable[[], Raw], split: str) -> None:
+        self.read, self.split = read, split
+
+    @cached_property
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read()[self.split]
+
+    def __bool__(self) -> bool:
+        return True  # its batch files were found; counting would unpickle them
+
+    def __len__(self) -> int:
+        return len(self.arrays[1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.arrays
+        return images[index], int(labels[index])
+
+
+def _resized(resize: v2.Resize, then: Callable, image: torch.Tensor, label: int) -> Any:
+    return then(resize(image), label)
+
+
+class CIFAR10DataModule(DecodedDataModule):
     """CIFAR-10 classification (see the module docstring).
 
     The files are read in `setup()`, not here, so a trained model's config still builds
@@ -235,6 +248,10 @@ class CIFAR10DataModule(SeglabDataModule):
         fold: int = 0,
     ) -> None:
         super().__init__(
+            root=root,
+            cache=cache,
+            cache_dir=cache_dir,
+            split_seed=split_seed,
             class_names=class_names,
             num_classes=num_classes,
             ignore_index=ignore_index,
@@ -248,21 +265,15 @@ class CIFAR10DataModule(SeglabDataModule):
         )
         if val_size < 0:
             raise SeglabError(f"data.val_size={val_size} must be >= 0 (0: validate on test)")
-        self.root = Path(root).expanduser()
         self.download = download
         self.val_size = val_size
-        self.split_seed = split_seed
-        resize = self.input_size != (SIZE, SIZE)
-        self.train_transform = classification_transform(
-            self.input_size, self.mean, self.std, train=augment, resize=resize
+        self.augmentation = ClassificationAugment(
+            self.input_size, self.mean, self.std, augment=augment
         )
-        self.eval_transform = classification_transform(
-            self.input_size, self.mean, self.std, train=False, resize=resize
-        )
-        self.augment = augment
-        self.cache = check_mode(cache)
-        self.cache_dir = cache_root(cache_dir)
-        # Every loader gets whole batches from `CachedClassification.__getitems__`.
+        # Decoded means resized to `image_size` (as stored when that is 32).
+        self.resize = v2.Resize(self.input_size, antialias=True)
+        self.resized = self.input_size != (SIZE, SIZE)
+        # Every loader gets whole batches from `DecodedSplit.__getitems__` (a store).
         self.collate_fn = pass_through
 
     @property
@@ -273,12 +284,9 @@ class CIFAR10DataModule(SeglabDataModule):
         """Download and unpack the official files when `download` is set, then write the
         disk cache where asked (one process per node, before `setup()` in all)."""
         if self.download:
-            from torchvision.datasets import CIFAR10
-
             for train in (True, False):
                 CIFAR10(str(self.root), train=train, download=True)
-        if self.cache == "disk":
-            self._disk_stores()
+        super().prepare_data()
 
     def _read_files(
         self, names: Sequence[str], on_error: Callable[[SeglabError], None] | None
@@ -350,107 +358,46 @@ class CIFAR10DataModule(SeglabDataModule):
                 raw["val"] = test
         return raw
 
-    def _splits(self) -> tuple[str, ...]:
-        """The splits held apart: val only when it is not the test batch."""
-        separate = self.val_size > 0 or self.folds is not None
-        return ("train", "val", "test") if separate else ("train", "test")
-
-    def _build(self, images: torch.Tensor, labels: torch.Tensor) -> Build:
-        """Build of a cached split: the images resized to `image_size` when that is not
-        32 (as the first step of `classification_transform`), once."""
-        resize = v2.Resize(self.input_size, antialias=True)
-
-        def build(allocate: Allocate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            out = allocate("images", (len(images), 3, *self.input_size), np.uint8)
-            for start in range(0, len(images), RESIZE_CHUNK):
-                chunk = images[start : start + RESIZE_CHUNK]
-                out[start : start + len(chunk)] = (
-                    chunk if self.input_size == (SIZE, SIZE) else resize(chunk)
-                ).numpy()
-            kept = allocate("labels", (len(labels),), np.int64)
-            kept[:] = labels.numpy()
-            return {"images": out, "labels": kept}, {}
-
-        return build
-
-    def _disk_stores(self) -> dict[str, Store]:
-        """Every split mapped from the disk cache; the batch files are unpickled only
-        when it is missing or stale."""
+    def find_samples(self, problems: Problems) -> dict[str, _Unpickled]:
+        """The splits, unpickled when first read (val drawn from the training batches);
+        val is the test split itself with `val_size: 0`."""
         self._check_folder()
-        paths = [self.folder / name for name in (*TRAIN_BATCHES, *TEST_BATCHES)]
-        for path in paths:
+        for path in self._files():
             if not path.is_file():
                 raise SeglabError(f"{path} is missing; {HOW_TO_GET}")
         self._check_class_names()
-        files = file_stats(paths)
-        raw: Raw = {}
+        read = cache(self._read)
+        splits = {split: _Unpickled(read, split) for split in SPLITS}
+        if self.val_size == 0 and self.folds is None:
+            splits["val"] = splits["test"]
+        return splits
 
-        def build(split: str) -> Build:
-            def from_batches(allocate: Allocate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-                if not raw:
-                    raw.update(self._read())
-                return self._build(*raw[split])(allocate)
+    def _files(self) -> list[Path]:
+        return [self.folder / name for name in (*TRAIN_BATCHES, *TEST_BATCHES)]
 
-            return from_batches
+    def fold_samples(self, train: _Unpickled, val: _Unpickled) -> tuple[_Unpickled, _Unpickled]:
+        """As they are: `_read` deals the folds while it reads the batches."""
+        return train, val
 
-        stores = {}
-        for split in self._splits():
-            settings = {
-                "dataset": "cifar10",
-                "root": str(self.folder.resolve()),
-                "split": split,
-                "class_names": self.class_names,
-                "val_size": self.val_size,
-                "split_seed": self.split_seed,
-                "image_size": list(self.input_size),
-            }
-            if self.folds is not None:
-                settings["fold"] = [self.folds, self.fold]
-            source = Source(f"{FOLDER}-{split}", settings, files)
-            stores[split] = on_disk(self.cache_dir, source, build(split))
-        return stores
+    def fingerprint(self, split: str, samples: _Unpickled) -> tuple[dict, list[Path]]:
+        settings = {
+            "root": str(self.folder.resolve()),
+            "class_names": self.class_names,
+            "val_size": self.val_size,
+            "split_seed": self.split_seed,
+            "image_size": list(self.input_size),
+        }
+        return settings, self._files()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.cache == "disk":
-            stores, mode = self._disk_stores(), "disk"
-        else:
-            raw = self._read()
-            height, width = self.input_size
-            count = sum(len(raw[split][1]) for split in self._splits())
-            mode = resolve(
-                self.cache,
-                lambda: decoded_nbytes(self.task, count, count * height * width),
-                getattr(self, "trainer", None),
-            )
-            if mode == "none":
-                stores = {split: _store(*raw[split]) for split in self._splits()}
-            else:
-                stores = {split: in_memory(self._build(*raw[split])) for split in self._splits()}
-        if mode == "none":
-            self.train_set = CachedClassification(stores["train"], self.train_transform)
-            evaluate = self.eval_transform
-        else:
-            self.train_set = CachedClassification(stores["train"], transform=None)
-            # The cached images already have the input size: no resize.
-            evaluate = classification_transform(
-                self.input_size, self.mean, self.std, train=False, resize=False
-            )
-            self.train_batch_transform = ClassificationBatchAugment(
-                self.input_size, self.mean, self.std, augment=self.augment
-            )
-        self.test_set = CachedClassification(stores["test"], evaluate)
-        self.val_set = (
-            CachedClassification(stores["val"], evaluate) if "val" in stores else self.test_set
-        )
-        log.info(
-            "%s: %d train, %d val, %d test images",
-            self.folder,
-            len(self.train_set),
-            len(self.val_set),
-            len(self.test_set),
-        )
+    def decode(self, split: str, sample: tuple[torch.Tensor, int]) -> tuple[torch.Tensor, int]:
+        image, label = sample
+        return (self.resize(image) if self.resized else image), label
+
+    def uncached(self, split: str, samples: _Unpickled, transform: Any) -> DecodedSplit:
+        """Without a cache the unpickled arrays are the store, resized per read."""
+        if self.resized:
+            transform = partial(_resized, self.resize, transform)
+        return DecodedSplit(split, samples, transform, store=_store(*samples.arrays))
 
     def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
         """The splits with the images as stored (uint8, no augmentation, no resize); a
@@ -460,5 +407,5 @@ class CIFAR10DataModule(SeglabDataModule):
         datasets: dict[str, Dataset] = {}
         for split in SPLITS:
             if split in raw and all(raw[split] is not raw[s] for s in datasets):
-                datasets[split] = CachedClassification(_store(*raw[split]), transform=None)
+                datasets[split] = DecodedSplit(split, (), None, store=_store(*raw[split]))
         return datasets, problems

@@ -15,9 +15,9 @@ ignored.
 
 Images are decoded with PIL, converted to RGB and resized to `image_size` (aspect ratio
 not kept); training adds a random crop of the zero-padded image and a horizontal flip
-(`augment`). With `cache` (see `seglab.data.cache`) every image is decoded and resized
-once, into one uint8 array per split, and training batches are cropped and flipped on the
-training device (`ClassificationBatchAugment`); without, every read decodes.
+(`augment`). Decoded means resized: with `cache` (see `seglab.data.cache`) every image is decoded
+and resized once, into one uint8 array per split, and training batches are cropped and
+flipped on the training device (`ClassificationAugment`); without, every read decodes.
 
 `setup()` reads every image's header first (`seglab.data.headers`; skipped when a disk
 cache is built for these files): files that are no whole image stop the run there, all
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +43,13 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
 
-from seglab.data.base import Problems, SeglabDataModule, examples
-from seglab.data.batch_augment import ClassificationBatchAugment
-from seglab.data.cache import (
-    CachedClassification,
-    CacheMode,
-    Source,
-    Store,
-    build_classification,
-    cache_root,
-    check_mode,
-    decoded_nbytes,
-    file_stats,
-    fitting,
-    in_memory,
-    is_built,
-    on_disk,
-    pass_through,
-    resolve,
-    trainer_stage,
-)
+from seglab.data.base import Problems, examples
+from seglab.data.cache import CacheMode
+from seglab.data.decoded import DecodedDataModule
 from seglab.data.headers import raise_all, read_headers
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.data.splits import stratified_split
-from seglab.data.transforms import ImageTransform, classification_transform
+from seglab.data.transforms import ClassificationAugment
 from seglab.errors import SeglabError, one_line
 
 log = logging.getLogger(__name__)
@@ -245,56 +229,8 @@ def find_splits(
             f"{root} gives no val images: add ROOT/val/<class>/ folders, or at least two "
             "images per class in train/ to split by data.val_ratio",
         )
-    if (root / "test").is_dir():
-        splits["test"] = other_split("test")
-    else:
-        log.info("%s has no test/ folder; testing on the val split", root)
-        splits["test"] = splits["val"]
+    splits["test"] = other_split("test") if (root / "test").is_dir() else splits["val"]
     return splits
-
-
-class ImageFolderClassification(Dataset):
-    """One split of class-folder images: `(image FloatTensor[3, h, w], int label)`.
-
-    Args:
-        samples: (image path, label) per item.
-        split: "train", "val" or "test"; named in error messages.
-        transform: uint8 image [3, H, W] -> the tensor the item holds.
-        skip_corrupt: an unreadable file gives None (and a warning naming it) instead of
-            raising SeglabError; the loader's collate must drop the Nones
-            (`skip_unreadable_collate`).
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        split: str,
-        transform: ImageTransform,
-        skip_corrupt: bool = False,
-    ) -> None:
-        self.samples = list(samples)
-        self.split = split
-        self.transform = transform
-        self.skip_corrupt = skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
-        path, label = self.samples[index]
-        try:
-            image = read_rgb(path)
-        except UnreadableImage as err:
-            if self.skip_corrupt:
-                log.warning(
-                    "skipped unreadable image %s (%s split): %s", path, self.split, one_line(err)
-                )
-                return None
-            raise SeglabError(
-                f"cannot read image {path} ({self.split} split): {one_line(err)}; replace or "
-                "remove the file, or set data.skip_corrupt=true to skip unreadable images"
-            ) from err
-        return self.transform(image), label
 
 
 def skip_unreadable_collate(
@@ -333,7 +269,7 @@ def _stats(values: Sequence[float] | None, name: str) -> tuple[float, float, flo
     return stats  # type: ignore[return-value]
 
 
-class ImageFolderDataModule(SeglabDataModule):
+class ImageFolderDataModule(DecodedDataModule):
     """Classification of images sorted into class-named folders (see the module docstring).
 
     The constructor lists only the class folder names of train/ (cheap), so the model
@@ -369,6 +305,7 @@ class ImageFolderDataModule(SeglabDataModule):
     """
 
     task = "classification"
+    no_test_reason = "no test/ folder"
 
     def __init__(
         self,
@@ -394,9 +331,13 @@ class ImageFolderDataModule(SeglabDataModule):
         folds: int | None = None,
         fold: int = 0,
     ) -> None:
-        self.root = Path(root).expanduser()
-        class_names, num_classes = _classes(self.root, class_names, num_classes, check=False)
+        folder = Path(root).expanduser()
+        class_names, num_classes = _classes(folder, class_names, num_classes, check=False)
         super().__init__(
+            root=root,
+            cache=cache,
+            cache_dir=cache_dir,
+            split_seed=split_seed,
             class_names=class_names,
             num_classes=num_classes,
             ignore_index=ignore_index,
@@ -411,46 +352,67 @@ class ImageFolderDataModule(SeglabDataModule):
         if not 0 < val_ratio < 1:
             raise SeglabError(f"data.val_ratio must be in (0, 1); got {val_ratio}")
         self.val_ratio = float(val_ratio)
-        self.split_seed = split_seed
         # Instance attributes: `to_input` (prediction) normalises with these too.
         self.mean = _stats(mean, "mean") or self.mean
         self.std = _stats(std, "std") or self.std
-        self.train_transform = classification_transform(
+        self.augmentation = ClassificationAugment(
             self.input_size,
             self.mean,
             self.std,
-            train=augment,
-            resize=True,
             crop_padding=crop_padding,
             hflip=hflip,
+            augment=augment,
         )
-        self.eval_transform = classification_transform(
-            self.input_size, self.mean, self.std, train=False, resize=True
-        )
-        self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
+        self.resize = v2.Resize(self.input_size, antialias=True)
         self.skip_corrupt = skip_corrupt
         if skip_corrupt:
             self.collate_fn = skip_unreadable_collate
-        self.cache = check_mode(cache)
-        self.cache_dir = cache_root(cache_dir)
 
-    def _splits(self) -> dict[str, list[Sample]]:
-        """The samples of each split, this run's fold with `folds`; test left out when it
-        is the val split."""
-        _classes(self.root, self.class_names, self.num_classes)  # names given in the config
-        splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed)
-        if splits["test"] is splits["val"]:
-            del splits["test"]
-        if self.folds is not None:
-            pool = splits["train"] + splits["val"]
-            names = [Path(path).relative_to(self.root).as_posix() for path, _ in pool]
-            train, val = self.fold_indices(
-                names, self.split_seed, labels=[label for _, label in pool]
-            )
-            splits["train"], splits["val"] = [pool[i] for i in train], [pool[i] for i in val]
-        return splits
+    def find_samples(self, problems: Problems) -> dict[str, list[Sample]]:
+        if problems.strict:  # names given in the config, checked against the folders
+            _classes(self.root, self.class_names, self.num_classes)
+        return find_splits(self.root, self.class_names, self.val_ratio, self.split_seed, problems)
 
-    def _scan(self, splits: dict[str, list[Sample]]) -> None:
+    def sample_name(self, sample: Sample) -> str:
+        return str(sample[0])
+
+    def fold_samples(
+        self, train: list[Sample], val: list[Sample]
+    ) -> tuple[list[Sample], list[Sample]]:
+        """Folds stratified by class, each image named by its path relative to `root`."""
+        pool = [*train, *val]
+        names = [Path(path).relative_to(self.root).as_posix() for path, _ in pool]
+        kept, held = self.fold_indices(names, self.split_seed, labels=[label for _, label in pool])
+        return [pool[i] for i in kept], [pool[i] for i in held]
+
+    def fingerprint(self, split: str, samples: list[Sample]) -> tuple[dict, list[str]]:
+        settings = {
+            "root": str(self.root.resolve()),
+            "class_names": self.class_names,
+            "image_size": list(self.input_size),
+            "skip_corrupt": self.skip_corrupt,
+        }
+        return settings, [path for path, _ in samples]
+
+    def decode(self, split: str, sample: Sample, skip: bool | None = None) -> tuple | None:
+        """Shape: uint8 image Tensor[3, *image_size] (resized), int label; None for an
+        unreadable file with `skip_corrupt` (a warning names it)."""
+        path, label = sample
+        try:
+            image = read_rgb(path)
+        except UnreadableImage as err:
+            if self.skip_corrupt if skip is None else skip:
+                log.warning(
+                    "skipped unreadable image %s (%s split): %s", path, split, one_line(err)
+                )
+                return None
+            raise SeglabError(
+                f"cannot read image {path} ({split} split): {one_line(err)}; replace or "
+                "remove the file, or set data.skip_corrupt=true to skip unreadable images"
+            ) from err
+        return self.resize(image), label
+
+    def scan(self, splits: dict[str, list[Sample]]) -> None:
         """Read the header of every image of `splits` (`seglab.data.headers`): files that
         are no whole image raise one error naming them all, or with `skip_corrupt` one
         warning (the loader or cache then leaves them out as they fail to decode)."""
@@ -476,129 +438,11 @@ class ImageFolderDataModule(SeglabDataModule):
             "replace or remove them, or set data.skip_corrupt=true to skip unreadable images",
         )
 
-    def _source(self, split: str, samples: list[Sample]) -> Source:
-        """What the disk cache of one split is decoded from."""
-        settings = {
-            "dataset": "image_folder",
-            "root": str(self.root.resolve()),
-            "split": split,
-            "class_names": self.class_names,
-            "image_size": list(self.input_size),
-            "skip_corrupt": self.skip_corrupt,
-        }
-        if self.folds is not None:  # each fold's splits cached apart, not evicting others
-            settings["fold"] = [self.folds, self.fold, self.split_seed]
-        files = file_stats(path for path, _ in samples)
-        return Source(f"{self.root.name}-{split}", settings, files)
-
-    def _scanned(self, splits: dict[str, list[Sample]]) -> dict[str, Source] | None:
-        """Scan the headers of `splits` unless their disk cache is built; the caches'
-        sources with `cache="disk"`, else None."""
-        sources = None
-        if self.cache == "disk":
-            sources = {split: self._source(split, samples) for split, samples in splits.items()}
-            if all(is_built(self.cache_dir, source) for source in sources.values()):
-                return sources
-        self._scan(splits)
-        return sources
-
-    def _store(
-        self, split: str, samples: list[Sample], mode: str, source: Source | None = None
-    ) -> Store:
-        """The decoded images of one split, resized to `image_size` (as the first step of
-        `classification_transform`), from the cache of `mode` ("memory" or "disk")."""
-        resize = v2.Resize(self.input_size, antialias=True)
-        dataset = ImageFolderClassification(samples, split, resize, self.skip_corrupt)
-        labels = [label for _, label in samples]
-        build = build_classification(dataset, labels, self.input_size, f"caching {split}")
-        if mode == "memory":
-            store = in_memory(build)
-        else:
-            store = on_disk(self.cache_dir, source or self._source(split, samples), build)
-        skipped = [samples[i][0] for i in store.extra.get("skipped", [])]
-        if skipped:
-            log.warning(
-                "%d unreadable images of the %s split are left out of its cache "
-                "(data.skip_corrupt), e.g. %s",
-                len(skipped),
-                split,
-                skipped[0],
-            )
-        return store
-
-    def prepare_data(self) -> None:
-        """With `cache="disk"`, decode the splits into the disk cache unless it is up to
-        date; Lightning runs this in one process per node, before `setup()` in all."""
-        if self.cache == "disk":
-            splits = self._splits()
-            if not fitting(trainer_stage(getattr(self, "trainer", None))):
-                del splits["train"]
-            sources = self._scanned(splits)
-            for split, samples in splits.items():
-                self._store(split, samples, "disk", sources[split])
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
-        splits only, so evaluating a checkpoint decodes no training image."""
-        if self.train_set is not None or (self.val_set is not None and not fitting(stage)):
-            return
-        splits = self._splits()
-        if not fitting(stage):
-            del splits["train"]
-        sources = self._scanned(splits)
-        count = sum(len(samples) for samples in splits.values())
-        height, width = self.input_size
-        mode = resolve(
-            self.cache,
-            lambda: decoded_nbytes(self.task, count, count * height * width),
-            getattr(self, "trainer", None),
-        )
-        sets: dict[str, Dataset] = {}
-        if mode == "none":
-            for split, samples in splits.items():
-                transform = self.train_transform if split == "train" else self.eval_transform
-                sets[split] = ImageFolderClassification(
-                    samples, split, transform, self.skip_corrupt
-                )
-        else:
-            # The cached images already have the input size: no resize.
-            evaluate = classification_transform(
-                self.input_size, self.mean, self.std, train=False, resize=False
-            )
-            for split, samples in splits.items():
-                source = sources[split] if sources is not None and mode == "disk" else None
-                store = self._store(split, samples, mode, source)
-                sets[split] = CachedClassification(store, None if split == "train" else evaluate)
-            self.collate_fn = pass_through
-            self.train_batch_transform = ClassificationBatchAugment(
-                self.input_size,
-                self.mean,
-                self.std,
-                crop_padding=self.crop_padding,
-                hflip=self.hflip,
-                augment=self.augment,
-            )
-        self.train_set, self.val_set = sets.get("train"), sets["val"]
-        self.test_set = sets.get("test", self.val_set)
-        log.info(
-            "%s: %d classes; %s train, %d val, %d test images",
-            self.root,
-            self.num_classes,
-            len(self.train_set) if self.train_set is not None else "no",
-            len(self.val_set),
-            len(self.test_set),
-        )
-
     def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:
         """Every split as uint8 images [3, image_size, image_size] (resized, not
         augmented, not normalised) that raise on an unreadable file even with
         `skip_corrupt`, and every problem found while listing the folders."""
-        problems = Problems(strict=False)
-        splits = find_splits(self.root, self.class_names, self.val_ratio, self.split_seed, problems)
-        resize = v2.Resize(self.input_size, antialias=True)
-        datasets: dict[str, Dataset] = {}
-        for split, samples in splits.items():
-            if split == "test" and samples is splits["val"]:
-                continue
-            datasets[split] = ImageFolderClassification(samples, split, resize)
-        return datasets, problems.messages
+        datasets, problems = super().check_splits()
+        for dataset in datasets.values():
+            dataset.decode = partial(self.decode, skip=False)
+        return datasets, problems

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from seglab.lightning_compat import batches_ready
+
 
 def loader_sampler(
     length: int, *, shuffle: bool, world_size: int, rank: int, seed: int | None
@@ -121,7 +123,7 @@ class SeglabLoader(DataLoader):
         trainer = self.trainer
         if trainer is None:
             return {}
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        batches = batches_ready(trainer)
         return {
             "epoch": trainer.current_epoch,
             "batches": batches,
