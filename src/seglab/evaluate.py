@@ -14,7 +14,6 @@ per-class accuracy.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seglab import rundir
 from seglab.checkpoint import json_value, load_run
 from seglab.cli import command
 from seglab.errors import SeglabError
@@ -109,31 +109,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "split": cfg.split,
-        "inference": OmegaConf.to_container(cfg.inference),
-        "metrics": metrics,
-        "per_class": [],
-    }
-    summary_keys = ("mIoU", "acc", "mAcc", "mDice", "acc_top5", "loss")
     summary = {
-        k: metrics[f"{cfg.split}/{k}"] for k in summary_keys if f"{cfg.split}/{k}" in metrics
+        k: metrics[f"{cfg.split}/{k}"]
+        for k in rundir.SUMMARY_METRICS
+        if f"{cfg.split}/{k}" in metrics
     }
     confmat = getattr(module, f"{cfg.split}_metrics").last_confusion.cpu()
     rows = per_class_rows if module.task == "segmentation" else classification_rows
-    result["per_class"] = rows(confmat, module.class_names)
+    per_class = rows(confmat, module.class_names)
     _write_confusion(output_dir, confmat, module.class_names)
-    if result["per_class"]:
+    if per_class:
         with open(output_dir / "per_class.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result["per_class"][0]))
+            writer = csv.DictWriter(f, fieldnames=list(per_class[0]))
             writer.writeheader()
-            writer.writerows(result["per_class"])
-    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result["per_class"], summary))
+            writer.writerows(per_class)
+    fields = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "split": cfg.split,
+        "inference": OmegaConf.to_container(cfg.inference),
+        "per_class": per_class,
+    }
+    rundir.write_metrics(output_dir, metrics, **fields)
+    print(format_table(per_class, summary))
     log.info("Results written to %s", output_dir)
-    result["output_dir"] = str(output_dir)
-    return result
+    return {"metrics": metrics, **fields, "output_dir": str(output_dir)}
 
 
 def _write_confusion(output_dir: Path, confmat: torch.Tensor, class_names: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""Who owns a run directory: its name, its lock, and the refusal to write over another run.
+"""Who owns a run directory: its name, its lock, the refusal to write over another run,
+and every file of it that more than one module reads (run_info.json, metrics.json, the
+checkpoints).
 
 - Naming: `${seglab.run_dir:<parent>,<run_name>,<time>}` (conf/hydra/default.yaml) is
   `<parent>/<run_name>` when a run is named, else `<parent>/<time>`, claimed with an
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +50,7 @@ RECORD_FILE = "run_info.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+HYDRA_CONFIG = ".hydra/config.yaml"
 # The summary metrics of a run or an evaluation, by their names after `<split>/`.
 SUMMARY_METRICS = ("mIoU", "acc", "mAcc", "mDice", "acc_top5", "loss")
 RESOLVER = "seglab.run_dir"
@@ -78,7 +82,8 @@ def register_resolvers() -> None:
 
 def launching_rank() -> bool:
     """Whether this process is global rank 0 (the one started by the user)."""
-    from lightning.pytorch.utilities import rank_zero_only
+    # Lightning costs 2.5 s to import: Hydra loads this module for every command's config.
+    from lightning.pytorch.utilities import rank_zero_only  # noqa: PLC0415
 
     return getattr(rank_zero_only, "rank", 0) == 0
 
@@ -111,26 +116,34 @@ def last_checkpoint(directory: str | Path) -> Path:
     return Path(directory) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
-    """`document` as indented JSON at `path`, written whole or not at all (a temporary
-    file in the same directory, renamed over it)."""
+def write_atomically(path: Path, text: str) -> Path:
+    """`text` at `path`, written whole or not at all (a temporary file in the same
+    directory, renamed over it): a reader, a kill or a job ending beside this one never
+    sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
     try:
-        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.write_text(text)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
+    return write_atomically(path, json.dumps(document, indent=2) + "\n")
+
+
+def _read_json(path: Path, strict: bool) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        document = json.loads(path.read_text())
     except (OSError, ValueError) as err:
+        if not strict:  # a page or a summary says what is missing instead
+            return None
         raise SeglabError(f"{path} cannot be read ({err}); remove it or run again") from None
+    return document if isinstance(document, dict) or strict else None
 
 
 def write_record(directory: str | Path, record: Mapping[str, Any]) -> Path:
@@ -138,9 +151,10 @@ def write_record(directory: str | Path, record: Mapping[str, Any]) -> Path:
     return _write_json(Path(directory) / RECORD_FILE, record)
 
 
-def read_record(directory: str | Path) -> dict[str, Any] | None:
-    """The run's `run_info.json`; None when it has none."""
-    return _read_json(Path(directory) / RECORD_FILE)
+def read_record(directory: str | Path, strict: bool = True) -> dict[str, Any] | None:
+    """The run's `run_info.json`; None when it has none (or, not `strict`, when it cannot
+    be read: a run killed while writing it)."""
+    return _read_json(Path(directory) / RECORD_FILE, strict)
 
 
 def write_metrics(directory: str | Path, metrics: Mapping[str, Any], **fields: Any) -> Path:
@@ -152,9 +166,31 @@ def write_metrics(directory: str | Path, metrics: Mapping[str, Any], **fields: A
     )
 
 
-def read_metrics(directory: str | Path) -> dict[str, Any] | None:
-    """The `metrics.json` of `directory`; None when it has none."""
-    return _read_json(Path(directory) / METRICS_FILE)
+def read_metrics(directory: str | Path, strict: bool = True) -> dict[str, Any] | None:
+    """The `metrics.json` of `directory`; None when it has none (or, not `strict`, when
+    it cannot be read)."""
+    return _read_json(Path(directory) / METRICS_FILE, strict)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A training run's directory: it holds run_info.json, metrics.json or .hydra/."""
+    return any((path / name).exists() for name in (RECORD_FILE, METRICS_FILE, HYDRA_CONFIG))
+
+
+def best_checkpoint(directory: Path, recorded: str | None = None) -> Path | None:
+    """The run's best checkpoint: `recorded` (metrics.json's `best_model_path`; looked up
+    in `checkpoints/` when the directory moved), else the newest `best*.ckpt`, else
+    `last.ckpt`; None without any."""
+    checkpoints = directory / CHECKPOINT_DIR
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if recorded and (checkpoints / Path(recorded).name).is_file():
+        return checkpoints / Path(recorded).name
+    best = sorted(checkpoints.glob("best*.ckpt"))
+    if best:
+        return best[-1]
+    last = last_checkpoint(directory)
+    return last if last.is_file() else None
 
 
 def is_restart(ckpt_path: Any, directory: Path) -> bool:
@@ -237,7 +273,7 @@ def _release(directory: Path) -> None:
 
 def remove_stale_partials(directory: Path) -> list[Path]:
     """Delete the half-written checkpoints (`.<name>.partial-<pid>`, see
-    `seglab.resume.AtomicCheckpointIO`) of processes killed while saving. Only the lock's
+    `seglab.checkpoint.AtomicCheckpointIO`) of processes killed while saving. Only the lock's
     holder may call it: then no process of this run is writing one."""
     removed = []
     for partial in (directory / CHECKPOINT_DIR).glob(".*.partial-*"):

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -37,6 +37,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from seglab import rundir
 from seglab.errors import SeglabError, exit_message, one_line
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,6 @@ class Member:
         return self.error is None
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, or None when it is missing or unreadable (a run killed while
-    writing it)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_overrides(run_dir: Path) -> list[str]:
     """The run's command-line overrides (`.hydra/overrides.yaml`); [] without them."""
     try:
@@ -99,7 +90,7 @@ def read_overrides(run_dir: Path) -> list[str]:
 
 def read_member(run_dir: Path, sweep_dir: Path) -> Member:
     """The run in `run_dir`: usable when it finished and wrote metrics.json."""
-    info = read_json(run_dir / "run_info.json") or {}
+    info = rundir.read_record(run_dir, strict=False) or {}
     status = str(info.get("status", "unknown"))
     member = Member(
         path=run_dir,
@@ -107,7 +98,7 @@ def read_member(run_dir: Path, sweep_dir: Path) -> Member:
         overrides=read_overrides(run_dir),
         status=status,
     )
-    summary = read_json(run_dir / "metrics.json")
+    summary = rundir.read_metrics(run_dir, strict=False)
     if summary is not None and isinstance(summary.get("metrics"), dict):
         member.metrics = dict(summary["metrics"])
         member.optimized_metric = summary.get("optimized_metric")
@@ -206,17 +197,7 @@ def summarize(members: Sequence[Member]) -> list[dict[str, Any]]:
     return result
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: jobs ending together (joblib) each
-    rewrite the summary, and a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def _csv_text(groups: list[dict[str, Any]]) -> str:
-    import io
-
     names: list[str] = []
     for group in groups:
         names += [name for name in group["metrics"] if name not in names]
@@ -269,8 +250,8 @@ def write_summary(sweep_dir: str | Path) -> Path:
         ],
     }
     path = sweep_dir / SUMMARY_JSON
-    _write_atomically(path, json.dumps(summary, indent=2) + "\n")
-    _write_atomically(sweep_dir / SUMMARY_CSV, _csv_text(groups))
+    rundir.write_atomically(path, json.dumps(summary, indent=2) + "\n")
+    rundir.write_atomically(sweep_dir / SUMMARY_CSV, _csv_text(groups))
     return path
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from seglab import rundir
 from seglab.errors import one_line
 from seglab.secrets import redact, redact_text
 
@@ -66,30 +66,22 @@ def mark_run_failed(run_dir: str | Path | None, reason: str) -> None:
     kept; a run that recorded its own end keeps it."""
     if run_dir is None:
         return
-    path = Path(run_dir) / "run_info.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):  # never started, or a record that is not ours
+    record = rundir.read_record(run_dir, strict=False)  # None: never started
+    if record is None or record.get("status") != "running":
         return
-    if not isinstance(record, dict) or record.get("status") != "running":
-        return
-    record |= {
-        "status": "failed",
-        "error": redact_text(reason),
-        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    _replace(path, json.dumps(record, indent=2) + "\n")
+    rundir.write_record(
+        run_dir,
+        record
+        | {
+            "status": "failed",
+            "error": redact_text(reason),
+            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
 
 
 # Trials end in several threads (n_jobs) and each writes trials.csv.
 _WRITING = threading.Lock()
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `path` whole or not at all (a reader, or a kill, never sees half a file)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _write_summary(
