@@ -125,7 +125,7 @@ def test_size_grouped_batches_keep_order_within_a_size_and_cover_every_sample():
 def test_validation_samples_in_tensorboard_show_each_image_whole(ragged):
     """The tiles of `ValidationImages` are each sample fitted into its square: no grey
     padding canvas with a prediction painted on it."""
-    from seglab.callbacks import segmentation_tiles
+    from seglab.plots import segmentation_tiles
 
     picture = np.full((10, 20, 3), 7, np.uint8)
     target = torch.zeros(10, 20, dtype=torch.long)

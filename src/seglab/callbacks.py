@@ -5,21 +5,18 @@ every checkpoint is `seglab.checkpoint.RunRecord`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 
+from seglab import lightning_compat
 from seglab.data.base import from_input
 from seglab.inference import class_indices
-from seglab.plots import confusion_figure
+from seglab.plots import confusion_figure, sample_grid
 
 
 class ProgressBar(TQDMProgressBar):
@@ -83,7 +80,7 @@ class BestScore(L.Callback):
         if checkpoint.best_model_score is not None:
             scores.append(float(checkpoint.best_model_score))
         best = max(scores) if checkpoint.mode == "max" else min(scores)
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the metrics' step
+        step = lightning_compat.batches_stepped(trainer)  # the metrics' step
         for logger in trainer.loggers:
             logger.log_metrics({f"best/{checkpoint.monitor}": best}, step=step)
 
@@ -93,62 +90,10 @@ def _tensorboards(trainer: L.Trainer) -> list[Any]:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
-# The longest side of a sample tile in TensorBoard (smaller samples keep their size).
+# The longest side of a sample tile in TensorBoard (smaller samples keep their size), and
+# of a classification tile (enlarged by a whole factor).
 TILE_SIDE = 256
-
-
-def _colour(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> torch.Tensor:
-    """Class-index mask (H, W) -> uint8 RGB (3, H, W); labels outside the palette (void)
-    are white."""
-    table = torch.tensor([*palette, (255, 255, 255)], dtype=torch.uint8)
-    index = mask.long().clone()
-    index[(index < 0) | (index >= len(palette))] = len(palette)
-    return table[index].permute(2, 0, 1)
-
-
-def _fitted(tile: np.ndarray, side: int, labels: bool) -> torch.Tensor:
-    """uint8 (H, W, 3) scaled to `side` on its longer side (labels stay crisp) on a white
-    `side` square: images of any size share one grid, each shown whole and nothing more.
-
-    Shape:
-        (H, W, 3) -> uint8 (3, side, side).
-    """
-    scale = side / max(tile.shape[:2])
-    size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
-    method = Image.NEAREST if labels or scale >= 1 else Image.BILINEAR
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(Image.fromarray(tile).resize(size, method))
-    return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
-
-
-def segmentation_tiles(
-    pictures: Sequence[np.ndarray],
-    targets: Sequence[torch.Tensor],
-    preds: Sequence[torch.Tensor],
-    palette: Sequence[tuple[int, int, int]],
-    side: int,
-) -> list[torch.Tensor]:
-    """image | truth | prediction per sample, each at the sample's own size fitted into a
-    `side` square (`_fitted`), for `make_grid(..., nrow=3)`."""
-    tiles = []
-    for picture, target, pred in zip(pictures, targets, preds, strict=True):
-        tiles += [
-            _fitted(picture, side, labels=False),
-            _fitted(_colour(target, palette).permute(1, 2, 0).numpy(), side, labels=True),
-            _fitted(_colour(pred, palette).permute(1, 2, 0).numpy(), side, labels=True),
-        ]
-    return tiles
-
-
-def _captioned(image: np.ndarray, caption: str, scale: int) -> torch.Tensor:
-    """uint8 (H, W, 3) image enlarged `scale` times with `caption` written on top."""
-    picture = Image.fromarray(image).resize(
-        (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
-    )
-    draw = ImageDraw.Draw(picture)
-    draw.rectangle((0, 0, picture.width, 12), fill=(0, 0, 0))
-    draw.text((2, 0), caption, fill=(255, 255, 255))
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+CLASSIFICATION_SIDE = 96
 
 
 class ValidationImages(L.Callback):
@@ -194,23 +139,23 @@ class ValidationImages(L.Callback):
                 preds.append((class_indices(logits) if logits.ndim == 4 else logits.argmax(1))[0])
         preds = [pred.cpu() for pred in preds]
         pictures = [from_input(image, datamodule.mean, datamodule.std) for image in images]
+        segmentation = pl_module.task == "segmentation"
+        grid = sample_grid(
+            pictures,
+            targets,
+            preds,
+            segmentation=segmentation,
+            class_names=pl_module.class_names,
+            palette=getattr(datamodule, "palette", ()),
+            side=min(TILE_SIDE, max(max(p.shape[:2]) for p in pictures))
+            if segmentation
+            else CLASSIFICATION_SIDE,
+            padding=2,
+        )
+        tag = "(image | truth | prediction)" if segmentation else "(T: true, P: predicted)"
         step = trainer.global_step
-        if pl_module.task == "segmentation":
-            side = min(TILE_SIDE, max(max(p.shape[:2]) for p in pictures))
-            tiles = segmentation_tiles(pictures, targets, preds, datamodule.palette, side)
-            grid = make_grid(tiles, nrow=3, padding=2, pad_value=255)
-            for writer in writers:
-                writer.add_image("val/samples (image | truth | prediction)", grid, step)
-        else:
-            names = pl_module.class_names
-            scale = max(1, 96 // max(pictures[0].shape[:2]))
-            tiles = [
-                _captioned(p, f"T:{names[int(t)]} P:{names[int(q)]}", scale)
-                for p, t, q in zip(pictures, targets, preds, strict=True)
-            ]
-            grid = make_grid(tiles, nrow=4, padding=2, pad_value=255)
-            for writer in writers:
-                writer.add_image("val/samples (T: true, P: predicted)", grid, step)
+        for writer in writers:
+            writer.add_image(f"val/samples {tag}", grid, step)
         confmat = getattr(pl_module.val_metrics, "last_confusion", None)
         if confmat is not None:
             for writer in writers:

@@ -1,4 +1,6 @@
-"""Figures shared by evaluation and TensorBoard logging.
+"""Figures shared by evaluation, the report and TensorBoard logging: the confusion
+matrix and the grid of sample predictions (one renderer for TensorBoard's images and the
+report's samples).
 
 Figures are built with matplotlib's object API (no pyplot), so nothing here opens a
 window or depends on the display backend.
@@ -9,9 +11,12 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 
 # Cells of the confusion matrix get their share as text up to this many classes.
 MAX_CELL_TEXT = 30
@@ -109,3 +114,88 @@ def confusion_figure(confmat: torch.Tensor, class_names: Sequence[str]) -> Figur
     width = max(20, int(size * 72 * 0.9 / (12 * 0.6)))
     fig.suptitle(textwrap.fill(TITLE, width), fontsize=12)
     return fig
+
+
+def colour_mask(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """Class-index mask (H, W) -> uint8 RGB (3, H, W); labels outside the palette (void)
+    are white."""
+    table = torch.tensor([*palette, (255, 255, 255)], dtype=torch.uint8)
+    index = mask.long().clone()
+    index[(index < 0) | (index >= len(palette))] = len(palette)
+    return table[index].permute(2, 0, 1)
+
+
+def _fitted(tile: np.ndarray, side: int, labels: bool) -> torch.Tensor:
+    """uint8 (H, W, 3) scaled to `side` on its longer side (labels stay crisp) on a white
+    `side` square: images of any size share one grid, each shown whole and nothing more.
+
+    Shape:
+        (H, W, 3) -> uint8 (3, side, side).
+    """
+    scale = side / max(tile.shape[:2])
+    size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
+    method = Image.NEAREST if labels or scale >= 1 else Image.BILINEAR
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(Image.fromarray(tile).resize(size, method))
+    return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
+
+
+def segmentation_tiles(
+    pictures: Sequence[np.ndarray],
+    targets: Sequence[torch.Tensor],
+    preds: Sequence[torch.Tensor],
+    palette: Sequence[tuple[int, int, int]],
+    side: int,
+) -> list[torch.Tensor]:
+    """image | truth | prediction per sample, each at the sample's own size fitted into a
+    `side` square (`_fitted`), for `make_grid(..., nrow=3)`."""
+    tiles = []
+    for picture, target, pred in zip(pictures, targets, preds, strict=True):
+        tiles += [
+            _fitted(picture, side, labels=False),
+            _fitted(colour_mask(target, palette).permute(1, 2, 0).numpy(), side, labels=True),
+            _fitted(colour_mask(pred, palette).permute(1, 2, 0).numpy(), side, labels=True),
+        ]
+    return tiles
+
+
+def _captioned(image: np.ndarray, caption: str, scale: int) -> torch.Tensor:
+    """uint8 (H, W, 3) image enlarged `scale` times with `caption` written on top."""
+    picture = Image.fromarray(image).resize(
+        (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
+    )
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 0, picture.width, 12), fill=(0, 0, 0))
+    draw.text((2, 0), caption, fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def sample_grid(
+    pictures: Sequence[np.ndarray],
+    targets: Sequence[torch.Tensor],
+    preds: Sequence[torch.Tensor],
+    *,
+    segmentation: bool,
+    class_names: Sequence[str],
+    palette: Sequence[tuple[int, int, int]],
+    side: int,
+    padding: int,
+) -> torch.Tensor:
+    """Samples with their predictions as one image. Segmentation: a row per sample of
+    image | truth | prediction in the palette (void white), each fitted into a `side`
+    square. Classification: four images a row, enlarged by a whole factor towards `side`
+    and captioned with their true (T) and predicted (P) class.
+
+    Shape:
+        pictures: uint8 (H, W, 3) each (sizes may differ); targets, preds: (H, W) class
+        indices, or scalar classes -> uint8 (3, H', W').
+    """
+    if segmentation:
+        tiles = segmentation_tiles(pictures, targets, preds, palette, side)
+        return make_grid(tiles, nrow=3, padding=padding, pad_value=255)
+    scale = max(1, side // max(pictures[0].shape[:2]))
+    tiles = [
+        _captioned(p, f"T:{class_names[int(t)]} P:{class_names[int(q)]}", scale)
+        for p, t, q in zip(pictures, targets, preds, strict=True)
+    ]
+    return make_grid(tiles, nrow=4, padding=padding, pad_value=255)
