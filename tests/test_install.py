@@ -216,8 +216,9 @@ def test_train_evaluate_predict_export_and_report_import_without_the_sweep_extra
     script.write_text(
         "import sys\n"
         "import seglab.train, seglab.evaluate, seglab.predict, seglab.export, seglab.report\n"
+        "import seglab.report.run, seglab.report.sweep\n"
         "import seglab.check_data\n"
-        "from seglab.sweeps import Pruned, raise_if_pruned, trial_callbacks\n"
+        "from seglab.sweeps import Pruned, raise_if_pruned, trial_link\n"
         "from hydra.core.plugins import Plugins\n"
         "from hydra.plugins.sweeper import Sweeper\n"
         "names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]\n"

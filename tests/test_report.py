@@ -20,7 +20,9 @@ from browser import non_blank, render, require_chromium
 from PIL import Image
 
 from seglab.errors import SeglabError
-from seglab.report import REPORT_NAME, main, read_curves, run_page, write_report
+from seglab.report import REPORT_NAME, main, write_report
+from seglab.report.curves import read_curves
+from seglab.report.run import run_page
 
 # Three seeds of a tiny UNet on the embedded shapes, 2 epochs, TensorBoard logs.
 TINY_SEGMENTATION = [
@@ -381,7 +383,8 @@ def test_sample_grid_takes_images_of_different_sizes():
     import torch
 
     from seglab.data.base import to_input
-    from seglab.report import TILE_SIZE, _data_uri, _samples
+    from seglab.report.html import data_uri
+    from seglab.report.validation import TILE_SIZE, samples
 
     class Data:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -397,9 +400,9 @@ def test_sample_grid_takes_images_of_different_sizes():
         mask = torch.zeros(height, width, dtype=torch.long)
         mask[: height // 2] = 1
         picked.append((image, mask, 1 - mask))
-    uri = _samples(picked, ["background", "thing"], Data(), segmentation=True)
+    uri = samples(picked, ["background", "thing"], Data(), segmentation=True)
     png = base64.b64decode(uri.split(",", 1)[1])
-    assert uri == _data_uri(png)
+    assert uri == data_uri(png)
     grid = Image.open(io.BytesIO(png))
     padding = 4
     assert grid.size == (3 * TILE_SIZE + 4 * padding, 2 * TILE_SIZE + 3 * padding)

@@ -1,0 +1,5 @@
+"""`python -m seglab.report PATH`."""
+
+from seglab.report import main
+
+main()
