@@ -4,6 +4,10 @@ code, and reads the same samples with `data.cache` none, memory and disk."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from seglab.data.base import Problems
@@ -129,3 +134,62 @@ def test_a_new_format_reads_the_same_samples_with_every_cache_mode(tmp_path, mod
         monkeypatch.setattr(ShardDataModule, "decode", lambda *args: pytest.fail("decoded"))
         again = make("disk")
         assert torch.equal(again.val_set.load(2)[1], plain.val_set.load(2)[1])
+
+
+def _readme_blocks(language: str) -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Adding a dataset format") :]
+    section = section[: section.index("\n### ", 1)]
+    return [block.split("```")[0] for block in section.split(f"```{language}\n")[1:]]
+
+
+def test_the_readme_s_dataset_format_example_trains_as_written(tmp_path):
+    """The README's example format, its config and its command, as a user copies them:
+    a class in their own package, a config in their --config-dir, one training run."""
+    (code,) = _readme_blocks("python")
+    (config,) = _readme_blocks("yaml")
+    (command,) = _readme_blocks("bash")
+    package = tmp_path / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data.py").write_text(code)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    listing: dict[str, list] = {"train": [], "val": []}
+    for i in range(8):
+        name = f"{i}.jpg"
+        pixels = rng.integers(0, 256, (20 + i, 24, 3), np.uint8)
+        Image.fromarray(pixels).save(photos / name)
+        listing["train" if i < 6 else "val"].append([name, i % 2])
+    (photos / "labels.json").write_text(json.dumps(listing))
+    (tmp_path / "myconf" / "data").mkdir(parents=True)
+    (tmp_path / "myconf" / "data" / "json_list.yaml").write_text(
+        config.replace("/data/photos", str(photos))
+    )
+
+    args = command.split()
+    assert args[:3] == ["python", "-m", "seglab.train"]
+    run = subprocess.run(
+        [sys.executable, *args[1:], "trainer.accelerator=cpu", "report=false"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (metrics_file,) = (tmp_path / "outputs").rglob("metrics.json")
+    metrics = json.loads(metrics_file.read_text())["metrics"]
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+    # In-process: the labels of labels.json, the images resized, with the memory cache.
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from mypackage.data import JsonListDataModule
+    finally:
+        sys.path.remove(str(tmp_path))
+    dm = JsonListDataModule(photos, ["cat", "dog"], 2, cache="memory", num_workers=0)
+    dm.setup("fit")
+    assert [dm.val_set.load(i)[1] for i in range(2)] == [0, 1]
+    assert tuple(dm.val_set.load(0)[0].shape) == (3, 32, 32)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "run.lock"
 RECORD_FILE = "run_info.json"
 METRICS_FILE = "metrics.json"
+PRUNED_FILE = "pruned.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 HYDRA_CONFIG = ".hydra/config.yaml"
@@ -170,6 +171,16 @@ def read_metrics(directory: str | Path, strict: bool = True) -> dict[str, Any] |
     """The `metrics.json` of `directory`; None when it has none (or, not `strict`, when
     it cannot be read)."""
     return _read_json(Path(directory) / METRICS_FILE, strict)
+
+
+def write_pruned(directory: str | Path, note: Mapping[str, Any]) -> Path:
+    """`pruned.json`: the trial, epoch, metric and value a pruned sweep trial stopped at."""
+    return _write_json(Path(directory) / PRUNED_FILE, note)
+
+
+def read_pruned(directory: str | Path) -> dict[str, Any] | None:
+    """The run's `pruned.json`; None when the run was not pruned."""
+    return _read_json(Path(directory) / PRUNED_FILE, strict=True)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -15,7 +15,6 @@ sweeper records as the trial's PRUNED state.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 # The callback entry through which the sweeper links a run to its trial.
 TRIAL_KEY = "callbacks.optuna_trial"
 # Written into a pruned trial's run directory: trial number, epoch, metric and value.
-PRUNED_NOTE = "pruned.json"
 # Pruners by the names `hydra.sweeper.pruner` takes; a `_target_` node gives arguments.
 PRUNERS = {
     "none": "optuna.pruners.NopPruner",
@@ -286,8 +284,7 @@ def raise_if_pruned(trainer: L.Trainer) -> None:
     for callback in trainer.callbacks:
         if isinstance(callback, ReportToTrial) and callback.pruned_at is not None:
             if trainer.is_global_zero:
-                path = callback.output_dir / PRUNED_NOTE
-                path.write_text(json.dumps(callback.pruned_at, indent=2) + "\n")
+                path = rundir.write_pruned(callback.output_dir, callback.pruned_at)
                 log.info("%s; see %s", _pruned_message(callback.pruned_at), path)
             raise Pruned(_pruned_message(callback.pruned_at))
 
@@ -295,10 +292,8 @@ def raise_if_pruned(trainer: L.Trainer) -> None:
 def read_pruned_note(run_dir: str | Path) -> str | None:
     """The message of the pruned trial whose run directory is `run_dir`; None if the run
     was not pruned."""
-    path = Path(run_dir) / PRUNED_NOTE
-    if not path.exists():
-        return None
-    return _pruned_message(json.loads(path.read_text()))
+    note = rundir.read_pruned(run_dir)
+    return None if note is None else _pruned_message(note)
 
 
 def run_value(run_dir: str | Path, metric: str) -> float | None:
