@@ -51,9 +51,11 @@ def test_every_epoch_is_one_line_and_the_end_says_why(make_cfg, tmp_path, train_
     for i, line in enumerate(epochs):
         assert re.fullmatch(
             rf"epoch {i} \(of 0-1\): val/mIoU \d\.\d{{4}}, train/loss \d+\.\d{{4}}, "
-            r"val/loss \d+\.\d{4}, val/acc \d\.\d{4}, \d+\.\d s",
+            r"val/loss \d+\.\d{4}, val/acc \d\.\d{4}, (\d+\.\d) s \(validation (\d+\.\d) s\)",
             line,
         ), line
+        total, validation = map(float, re.search(r"(\S+) s \(validation (\S+) s\)", line).groups())
+        assert validation <= total  # the epoch's validation is part of the epoch
     assert _info(run_dir)["stop_reason"] == "trainer.max_epochs=2 reached"
     assert "Run ended: trainer.max_epochs=2 reached" in lines
     assert "Run ended: trainer.max_epochs=2 reached" in caplog.text  # the console too

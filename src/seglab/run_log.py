@@ -3,6 +3,7 @@ epoch and, at the end, why and where the run stopped (`stop_reason`, also stored
 run_info.json); `splits/<split>.txt` lists the samples of each split.
 
     epoch 3 (of 0-9): train/loss 0.4121, val/mIoU 0.6120, val/loss 0.3802, val/acc 0.9120, 12.3 s
+        (validation 0.8 s)
     Run ended: early stopping: Monitored metric val/mIoU did not improve in the last 5
         records ... at epoch 7, batch 50/50 (step 400)
 """
@@ -102,6 +103,8 @@ class RunLog(L.Callback):
         self.output_dir = Path(output_dir)
         self.optimized_metric = optimized_metric
         self._epoch_start: float | None = None
+        self._validation_start: float | None = None
+        self._validation_seconds = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The datamodule's setup ran just before the callbacks' (Lightning's order).
@@ -110,6 +113,15 @@ class RunLog(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.monotonic()
+        self._validation_seconds = 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_start = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Sanity checking runs before the first epoch starts and is not counted.
+        if self._validation_start is not None and not trainer.sanity_checking:
+            self._validation_seconds += time.monotonic() - self._validation_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the epoch's validation: its metrics are in callback_metrics.
@@ -125,7 +137,8 @@ class RunLog(L.Callback):
         last = "" if trainer.max_epochs in (None, -1) else f" (of 0-{trainer.max_epochs - 1})"
         to_log_files(
             logging.INFO,
-            f"epoch {trainer.current_epoch}{last}: {', '.join(shown)}, {seconds:.1f} s",
+            f"epoch {trainer.current_epoch}{last}: {', '.join(shown)}, {seconds:.1f} s "
+            f"(validation {self._validation_seconds:.1f} s)",
         )
 
 
