@@ -170,16 +170,19 @@ def test_the_readme_s_dataset_format_example_trains_as_written(tmp_path):
 
     args = command.split()
     assert args[:3] == ["python", "-m", "seglab.train"]
-    run = subprocess.run(
-        [sys.executable, *args[1:], "trainer.accelerator=cpu", "report=false"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    (metrics_file,) = (tmp_path / "outputs").rglob("metrics.json")
+    for _ in range(2):  # a second run right after the first gets its own run directory
+        run = subprocess.run(
+            [sys.executable, *args[1:], "trainer.accelerator=cpu", "report=false"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    first, second = sorted((tmp_path / "outputs").rglob("metrics.json"))
+    assert first.parent != second.parent
+    metrics_file = second
     metrics = json.loads(metrics_file.read_text())["metrics"]
     assert {"test/acc", "test/loss"} <= set(metrics)  # tested on the format's val split
     config = (metrics_file.parent / ".hydra" / "config.yaml").read_text()
