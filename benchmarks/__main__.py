@@ -8,6 +8,12 @@ PyTorch: 1.0 means seglab costs nothing) and writes them to outputs/bench/<time>
 (and outputs/bench/latest.json). The generated datasets are written once into
 outputs/bench/data/ and reused. The parts (`--only seed,unet352` runs a subset):
 
+- command, unet_command (`benchmarks.command`): the users' commands as they type them,
+  `seglab-train experiment=folder_cnn ...` on the seed tree (`--command-epochs`, 10) and
+  the UNet recipe on 480x360 PNG pairs (`--unet-pairs`, `--unet-epochs`), each its own
+  process in a fresh working directory, against a hand loop's process
+  (`benchmarks.hand`): whole wall time, the phases of each, test scores, and training
+  steps/s over whole epochs;
 - seed (`benchmarks.recipes`): the workload users start with, `experiment=folder_cnn`
   (the plain CNN) on 50,000 32x32 JPEGs in 10 class folders at batch 32 and 256:
   `seglab.train.train()` with `data.cache=memory` against a hand-written PyTorch loop on
@@ -42,6 +48,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
+from benchmarks.command import bench_command, bench_unet_command
 from benchmarks.loading import bench_loading
 from benchmarks.loops import (
     bench_inference,
@@ -54,7 +61,7 @@ from benchmarks.recipes import bench_seed, bench_unet352
 from seglab.data.cache import MODES as CACHE_MODES
 from seglab.models import SimpleCNN
 
-PARTS = ("seed", "unet352", "train", "infer", "memory", "loading")
+PARTS = ("command", "unet_command", "seed", "unet352", "train", "infer", "memory", "loading")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,6 +99,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--unet-steps", type=int, default=3, help="timed steps per unet352 run after the warm-up"
     )
     parser.add_argument(
+        "--command-epochs", type=int, default=10, help="epochs of the command part's runs"
+    )
+    parser.add_argument(
+        "--command-rounds", type=int, default=1, help="hand/seglab pairs of the command parts"
+    )
+    parser.add_argument(
+        "--unet-pairs", type=int, default=80, help="PNG pairs of the unet_command part"
+    )
+    parser.add_argument(
+        "--unet-epochs", type=int, default=2, help="epochs of the unet_command part's runs"
+    )
+    parser.add_argument(
         "--only",
         default=",".join(PARTS),
         help=f"comma-separated subset of {','.join(PARTS)}",
@@ -112,6 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
+    if "command" in parts:
+        results["command"] = bench_command(
+            data_dir, args.seed_images, args.command_epochs, args.command_rounds
+        )
+    if "unet_command" in parts:
+        results["unet_command"] = bench_unet_command(
+            data_dir, args.unet_pairs, args.unet_epochs, args.command_rounds
+        )
     if "seed" in parts:
         results["seed"] = bench_seed(
             data_dir, args.seed_images, args.seed_cache, args.rounds, args.seed_steps
