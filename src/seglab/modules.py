@@ -30,6 +30,8 @@ from seglab.metrics import ClassificationMetrics, SegmentationMetrics
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 Interval = Literal["step", "epoch"]
+MemoryFormat = Literal["channels_last", "contiguous"]
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 # Arguments by which torch's schedulers take the length of the whole schedule
 # (PolynomialLR, CosineAnnealingLR, OneCycleLR). Left out of the config, they are set
@@ -62,6 +64,7 @@ class TaskModule(L.LightningModule):
         ignore_index: int,
         scheduler_interval: Interval = "step",
         inference: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        memory_format: MemoryFormat = "channels_last",
     ) -> None:
         super().__init__()
         # net and loss are saved as weights; the factories are rebuilt from the config
@@ -71,7 +74,15 @@ class TaskModule(L.LightningModule):
             raise SeglabError(
                 f"scheduler_interval must be 'step' or 'epoch'; got {scheduler_interval!r}"
             )
-        self.net = net
+        if memory_format not in MEMORY_FORMATS:
+            raise SeglabError(
+                f"memory_format must be one of {sorted(MEMORY_FORMATS)}; got {memory_format!r}"
+            )
+        # channels_last (NHWC) runs convolutions and pooling 1.4-1.7x faster than NCHW
+        # on the CPU (oneDNN) and on tensor-core GPUs; the weights and every 4-D input
+        # take it, the values do not change.
+        self.memory_format = MEMORY_FORMATS[memory_format]
+        self.net = net.to(memory_format=self.memory_format)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -99,14 +110,20 @@ class TaskModule(L.LightningModule):
         return [f"{stage}/loss"] + [f"{stage}/{name}" for name in self._metric_names()]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(self.formatted(images))
+
+    def formatted(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` in the module's memory format (a no-op when they already are)."""
+        if images.dim() != 4:
+            return images
+        return images.contiguous(memory_format=self.memory_format)
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for evaluation and prediction: `inference(net, images)` when an inference
         is set (sliding window, test-time augmentation), else `net(images)`."""
         if self.inference is None:
             return self(images)
-        return self.inference(self.net, images)
+        return self.inference(self.net, self.formatted(images))
 
     def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
         # A third element, when present, counts the samples the loader skipped in this

@@ -82,6 +82,22 @@ class Options(NamedTuple):
     ckpt_path: str | Path | None  # "auto" and "last" resolved; None: a fresh start
     checkpoint: dict[str, Any] | None  # its contents; None for Lightning's own names
     budget: timedelta | None  # trainer.max_time
+    precision: str  # trainer.precision, "auto" resolved
+
+
+def auto_precision(on_cpu: bool) -> tuple[str, str]:
+    """What `trainer.precision=auto` runs, and why: bf16 autocast where the device
+    computes bf16 natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX,
+    where oneDNN runs bf16 convolutions 1.5-2.5x faster than fp32), else full fp32."""
+    if on_cpu:
+        # torch has no public query for it; this is what its own tests and autocast use.
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # noqa: SLF001
+        if torch.backends.mkldnn.is_available() and native:
+            return "bf16-mixed", "this CPU computes bf16 natively"
+        return "32-true", "this CPU has no native bf16"
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16-mixed", "this GPU computes bf16 natively"
+    return "32-true", "this GPU has no native bf16"
 
 
 def check_options(cfg: DictConfig, output_dir: Path) -> Options:
@@ -104,18 +120,21 @@ def check_options(cfg: DictConfig, output_dir: Path) -> Options:
             f"trainer.precision={precision} needs a GPU, and this run is on the CPU "
             f"(trainer.accelerator={accelerator}); use trainer.precision=bf16-mixed or 32-true"
         )
+    if precision == "auto":
+        precision, why = auto_precision(on_cpu)
+        log.info("trainer.precision=auto: %s (%s)", precision, why)
 
     budget = parse_max_time(cfg.trainer.get("max_time"))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path in _LIGHTNING_CKPT_NAMES:
-        return Options(ckpt_path, None, budget)
+        return Options(ckpt_path, None, budget, precision)
     path, checkpoint = resolve_resume(
         ckpt_path,
         output_dir,
         OmegaConf.to_container(cfg, resolve=True),
         fallback=bool(cfg.get("ckpt_fallback", False)),
     )
-    return Options(path, checkpoint, budget)
+    return Options(path, checkpoint, budget, precision)
 
 
 def train(cfg: DictConfig) -> dict[str, float | None]:
@@ -251,7 +270,7 @@ def _build_trainer(cfg: DictConfig, options: Options, run_callbacks: list[L.Call
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"precision": options.precision}
     if not cfg.trainer.get("plugins"):  # checkpoints written atomically
         extra["plugins"] = [AtomicCheckpointIO()]
     if options.budget is not None:
