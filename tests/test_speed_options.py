@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 import torch
 
-from seglab import train as train_mod
 from seglab.errors import SeglabError
+from seglab.lightning_compat import auto_precision
 from seglab.models import SimpleCNN
 from seglab.modules import ClassificationModule
 
@@ -47,6 +47,6 @@ def test_an_unknown_memory_format_is_one_error_naming_the_choices():
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, native):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-    precision, why = train_mod.auto_precision(on_cpu=True)
+    precision, why = auto_precision(on_cpu=True)
     assert precision == ("bf16-mixed" if native else "32-true")
     assert ("natively" in why) == native

@@ -40,7 +40,7 @@ from seglab.checkpoint import AtomicCheckpointIO, RunRecord, json_value, read_ch
 from seglab.cli import command, config_error
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError, exit_message, one_line
-from seglab.lightning_compat import logging_step
+from seglab.lightning_compat import auto_precision, logging_step
 from seglab.modules import build_module
 from seglab.resume import resolve_resume
 from seglab.run_log import RunLog, position, stop_reason, to_log_files, to_log_files_once
@@ -83,21 +83,6 @@ class Options(NamedTuple):
     checkpoint: dict[str, Any] | None  # its contents; None for Lightning's own names
     budget: timedelta | None  # trainer.max_time
     precision: str  # trainer.precision, "auto" resolved
-
-
-def auto_precision(on_cpu: bool) -> tuple[str, str]:
-    """What `trainer.precision=auto` runs, and why: bf16 autocast where the device
-    computes bf16 natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX,
-    where oneDNN runs bf16 convolutions 1.5-2.5x faster than fp32), else full fp32."""
-    if on_cpu:
-        # torch has no public query for it; this is what its own tests and autocast use.
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # noqa: SLF001
-        if torch.backends.mkldnn.is_available() and native:
-            return "bf16-mixed", "this CPU computes bf16 natively"
-        return "32-true", "this CPU has no native bf16"
-    if torch.cuda.is_bf16_supported(including_emulation=False):
-        return "bf16-mixed", "this GPU computes bf16 natively"
-    return "32-true", "this GPU has no native bf16"
 
 
 def check_options(cfg: DictConfig, output_dir: Path) -> Options:
