@@ -34,9 +34,8 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.loading import jpeg_folder, png_pairs
+from benchmarks.recipes import UNET_SIZE, unet_recipe
 
-UNET_SIZE = (360, 480)
-UNET_CLASSES = ("background", "ellipse", "rectangle", "triangle")
 LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[([^\]]+)\]\[\w+\] - (.*)$")
 EPOCH = re.compile(r"^epoch (\d+).*, ([\d.]+) s \(validation ([\d.]+) s\)$")
 SAMPLES = re.compile(r": (\d+) train, (\d+) val, (\d+) test samples$")
@@ -199,17 +198,7 @@ def bench_command(data_dir: Path, images: int, epochs: int, rounds: int) -> dict
 def bench_unet_command(data_dir: Path, pairs: int, epochs: int, rounds: int) -> dict:
     """The UNet recipe's command against the hand loop (see the module docstring)."""
     root = png_pairs(data_dir, pairs, UNET_SIZE).resolve()
-    overrides = [
-        "data=folder",
-        "model=unet",
-        "model.encoder_name=resnet18",
-        f"data.root={root}",
-        f"data.class_names=[{','.join(UNET_CLASSES)}]",
-        f"data.num_classes={len(UNET_CLASSES)}",
-        "data.crop_size=352",
-        "data.batch_size=8",
-        f"trainer.max_epochs={epochs}",
-    ]
+    overrides = [*unet_recipe(root), f"trainer.max_epochs={epochs}"]
     train, _, test = (round(r * pairs) for r in (0.8, 0.1, 0.1))  # data=folder's split_ratios
     hand, seglab = [], []
     for _ in range(rounds):

@@ -315,14 +315,10 @@ def _hand_unet(cfg: DictConfig, images: torch.Tensor, masks: torch.Tensor, steps
     return images_per_second(clock.times, UNET_BATCH)
 
 
-def bench_unet352(data_dir: Path, rounds: int, steps: int) -> dict:
-    """UNet-resnet18 at 352x352 crops, batch 8 (see the module docstring)."""
-    total = WARMUP + 1 + steps
-    ratios = compose(["data=folder"]).data.split_ratios  # [train, val, test]
-    pairs = max(48, math.ceil(total * UNET_BATCH * sum(ratios) / ratios[0]) + 2)
-    root = png_pairs(data_dir, pairs, UNET_SIZE).resolve()
-    images, masks = decode_pairs(root)
-    overrides = [
+def unet_recipe(root: Path) -> list[str]:
+    """The UNet recipe's overrides: UNet-resnet18 on `data=folder` over the pairs of
+    `root`, 352x352 crops, batch 8."""
+    return [
         "data=folder",
         "model=unet",
         "model.encoder_name=resnet18",
@@ -331,6 +327,18 @@ def bench_unet352(data_dir: Path, rounds: int, steps: int) -> dict:
         f"data.num_classes={len(UNET_CLASSES)}",
         f"data.crop_size={UNET_CROP}",
         f"data.batch_size={UNET_BATCH}",
+    ]
+
+
+def bench_unet352(data_dir: Path, rounds: int, steps: int) -> dict:
+    """UNet-resnet18 at 352x352 crops, batch 8 (see the module docstring)."""
+    total = WARMUP + 1 + steps
+    ratios = compose(["data=folder"]).data.split_ratios  # [train, val, test]
+    pairs = max(48, math.ceil(total * UNET_BATCH * sum(ratios) / ratios[0]) + 2)
+    root = png_pairs(data_dir, pairs, UNET_SIZE).resolve()
+    images, masks = decode_pairs(root)
+    overrides = [
+        *unet_recipe(root),
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         f"trainer.limit_train_batches={total}",
