@@ -314,3 +314,19 @@ def test_a_ddp_run_without_a_name_keeps_every_rank_in_one_directory(tmp_path):
     [run] = _run_dirs(tmp_path, "train")
     assert json.loads((run / "run_info.json").read_text())["status"] == "finished"
     assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_readme_precision_auto_option_says_what_it_chose(tmp_path):
+    # README "Scale out": trainer.precision=auto picks bf16-mixed where the device
+    # computes bf16 natively, else 32-true, and train.log says which and why.
+    from seglab.lightning_compat import auto_precision
+
+    chosen, why = auto_precision(on_cpu=True)
+    code, output = _run("seglab.train", *README_TRAIN, "trainer.precision=auto", cwd=tmp_path)
+    assert code == 0, output[-3000:]
+    (run,) = _run_dirs(tmp_path, "train")
+    log = (run / "train.log").read_text()
+    assert f"trainer.precision=auto: {chosen} ({why})" in log
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished"
