@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -253,10 +254,12 @@ def test_corrupt_file_is_named_with_its_split(tmp_path):
     bad = tmp_path / "train" / "bee" / "bad.jpg"
     whole = (tmp_path / "train" / "bee" / "bee_00.png").read_bytes()
     bad.write_bytes(whole[: len(whole) // 2])  # truncated
-    # The header scan of setup() finds it (no IEND chunk, and it does not decode).
-    for cache in ("none", "memory"):
-        with pytest.raises(SeglabError, match=r"^1 file of data.root=.* fails the header check"):
-            datamodule(tmp_path, val_ratio=0.01, cache=cache)
+    # Without a cache the header scan of setup() finds it (no IEND chunk, and it does not
+    # decode); with one, the cache's build, which decodes every file, is that check.
+    with pytest.raises(SeglabError, match=r"^1 file of data.root=.* fails the header check"):
+        datamodule(tmp_path, val_ratio=0.01, cache="none")
+    with pytest.raises(SeglabError, match=r"^cannot read image .*bee/bad.jpg \(train split\)"):
+        datamodule(tmp_path, val_ratio=0.01, cache="memory")
     # Cut in the middle with its IEND put back: found only when decoded.
     bad.write_bytes(whole[: len(whole) // 2] + whole[-12:])
     # Without a cache the file is read when it is sampled.
@@ -278,6 +281,36 @@ def test_corrupt_file_is_named_with_its_split(tmp_path):
     # With a cache it is found while the cache is built, in setup().
     with pytest.raises(SeglabError, match=rf"cannot read image .*bee/bad.jpg \({split} split\)"):
         datamodule(tmp_path, val_ratio=0.01, cache="memory")
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_validating_alone_builds_the_val_split_alone(tmp_path, cache):
+    written = write_tree(tmp_path, {"train": 3, "val": 2, "test": 1})
+    dm = ImageFolderDataModule(tmp_path, cache=cache)
+    dm.setup("validate")  # a report's or `evaluate split=val`'s pass
+    assert dm.train_set is None and dm.test_set is None
+    assert sorted(paths(dm.val_set)) == sorted(map(str, written["val"]))
+    dm.setup("validate")  # built once
+    dm.setup("test")  # then testing builds test
+    assert sorted(paths(dm.test_set)) == sorted(map(str, written["test"]))
+    assert sorted(paths(dm.val_set)) == sorted(map(str, written["val"]))
+
+
+def test_a_cache_build_names_every_unreadable_file_in_one_error(tmp_path):
+    write_tree(tmp_path, {"train": 3})
+    bad = [tmp_path / "train" / "ant" / "bad1.png", tmp_path / "train" / "cat" / "bad2.png"]
+    for path in bad:
+        path.write_bytes(b"not a png" * 10)
+    for cache in ("memory", "disk"):
+        with pytest.raises(SeglabError) as raised:
+            datamodule(tmp_path, val_ratio=0.01, cache=cache, cache_dir=tmp_path / "c")
+        message = str(raised.value)
+        # The header scan was skipped: the build itself went on past the first bad file.
+        assert "header check" not in message
+        assert message.startswith("2 samples fail to decode:\n")
+        for path in bad:  # each named with its split
+            assert re.search(rf"cannot read image {path} \((train|val) split\)", message)
+        assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.npy"))
 
 
 def test_skip_corrupt_drops_the_file_from_its_batch(tmp_path, caplog):

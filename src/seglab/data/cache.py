@@ -441,21 +441,39 @@ def decode_workers() -> int:
 def decoded(source: Dataset, desc: str) -> Iterator[tuple[int, tuple | None]]:
     """`(index, item)` of every item of `source` in order, items as numpy arrays and None
     where `source` gives None (a skipped file); decoded by loader workers over the cores
-    for large sources, with a progress bar. An item raising SeglabError raises it here."""
+    for large sources, with a progress bar. Items raising SeglabError are all decoded
+    past, then raised here as one error naming every one (the first few in its first
+    line), as the header scan reports them."""
     count = len(source)  # type: ignore[arg-type]
     workers = decode_workers() if count >= PARALLEL_FROM else 0
     loader = DataLoader(
         _Guarded(source), batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_as_list
     )
-    index = 0
+    index, failed = 0, []
     with tqdm(total=count, desc=desc, unit="img", leave=False) as bar:
         for batch in loader:
             for item in batch:
                 if isinstance(item, _Failed):
-                    raise SeglabError(item.message)
-                yield index, item
+                    failed.append(item.message)
+                elif not failed:  # once one failed, the rest are only checked
+                    yield index, item
                 index += 1
             bar.update(len(batch))
+    if failed:
+        raise DecodeFailed(failed)
+
+
+class DecodeFailed(SeglabError):
+    """Samples that raised SeglabError while a cache was built: one line each
+    (`messages`); the error's text is the one message, or a count and every line."""
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        self.messages = list(messages)
+        lines = "\n".join(f"  - {message}" for message in self.messages)
+        count = len(self.messages)
+        super().__init__(
+            self.messages[0] if count == 1 else f"{count} samples fail to decode:\n{lines}"
+        )
 
 
 def build_classification(source: Dataset, size: tuple[int, int], desc: str) -> Build:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, default_collate
 from seglab.data.base import SPLITS, Problems, SeglabDataModule
 from seglab.data.cache import (
     CacheMode,
+    DecodeFailed,
     Source,
     Store,
     build_classification,
@@ -58,6 +59,8 @@ from seglab.data.transforms import ClassificationAugment, SegmentationAugment
 from seglab.errors import SeglabError
 
 log = logging.getLogger(__name__)
+
+EVALUATION_STAGES = ("validate", "test", "predict")
 
 Decoded = tuple[torch.Tensor, Any]  # (uint8 image [3, H, W], int label | uint8 mask [H, W])
 
@@ -165,6 +168,8 @@ class DecodedDataModule(SeglabDataModule):
         self.cache = check_mode(cache)
         self.cache_dir = cache_root(cache_dir)
         self.split_seed = split_seed
+        # The evaluation stages `setup()` has built the splits of (the fit's build all).
+        self._set_up: set[str] = set()
 
     # --- what a format supplies ------------------------------------------------------------
 
@@ -185,10 +190,16 @@ class DecodedDataModule(SeglabDataModule):
         depends on besides the files, and the paths of the files read, in sample order."""
         raise NotImplementedError(f"{type(self).__name__} must implement fingerprint")
 
+    # Whether decoding a sample checks its files as `scan` does (a classification
+    # format, whose cache needs no sizes beforehand): then a cache that decodes every
+    # sample is the check (`cache.decoded` names every failure in one error) and `scan`
+    # is skipped for it, sparing a second opening of every file.
+    decoding_checks: ClassVar[bool] = False
+
     def scan(self, splits: dict[str, Sequence]) -> dict[str, np.ndarray] | None:
         """Check the files of `splits` before any is decoded (skipped where a disk cache
-        is built for them); per split the (height, width) of every decoded sample, or
-        None where unknown."""
+        is built for them, and with `decoding_checks` where a cache decodes them); per
+        split the (height, width) of every decoded sample, or None where unknown."""
         return None
 
     def sample_name(self, sample: Any) -> str:
@@ -207,7 +218,8 @@ class DecodedDataModule(SeglabDataModule):
     # --- what the base does ----------------------------------------------------------------
 
     def _splits(self, stage: str | None) -> dict[str, Sequence]:
-        """This run's splits for `stage`: train only when fitting, test unless it is val."""
+        """This run's splits for `stage`: train only when fitting, val alone to validate,
+        test unless it is val."""
         splits = self.find_samples(Problems(strict=True))
         for split in ("train", "val"):
             if not splits.get(split):  # find_samples should have said why; a safety net
@@ -222,6 +234,8 @@ class DecodedDataModule(SeglabDataModule):
             log.info("%s: %s; testing on the val split", self.root, self.no_test_reason)
         if not fitting(stage):
             del splits["train"]
+        if stage == "validate":
+            splits.pop("test", None)
         return {split: splits[split] for split in SPLITS if splits.get(split)}
 
     def _source(self, split: str, samples: Sequence) -> Source:
@@ -231,14 +245,19 @@ class DecodedDataModule(SeglabDataModule):
             settings["fold"] = [self.folds, self.fold, self.split_seed]
         return Source(f"{self.root.name}-{split}", settings, file_stats(files))
 
-    def _checked(self, splits: dict[str, Sequence]) -> tuple[dict[str, Source], dict]:
+    def _checked(
+        self, splits: dict[str, Sequence], mode: str | None = None
+    ) -> tuple[dict[str, Source], dict]:
         """The disk cache's sources (with `cache="disk"`), and `scan`'s sizes unless
-        every split's cache is built for these very files."""
+        every split's cache is built for these very files, or (`decoding_checks`) the
+        cache of `mode` is about to decode them all."""
         sources = {}
         if self.cache == "disk":
             sources = {split: self._source(split, samples) for split, samples in splits.items()}
             if all(is_built(self.cache_dir, source) for source in sources.values()):
                 return sources, {}
+        if self.decoding_checks and mode in ("memory", "disk"):
+            return sources, {}
         return sources, self.scan(splits) or {}
 
     def _sizes(self, split: str, samples: Sequence, sizes: dict) -> np.ndarray:
@@ -288,7 +307,7 @@ class DecodedDataModule(SeglabDataModule):
         in all."""
         if self.cache == "disk":
             splits = self._splits(trainer_stage(getattr(self, "trainer", None)))
-            sources, sizes = self._checked(splits)
+            sources, sizes = self._checked(splits, "disk")
             for split, samples in splits.items():
                 self._store(split, samples, "disk", sizes, sources[split])
 
@@ -299,13 +318,19 @@ class DecodedDataModule(SeglabDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the splits `stage` needs: all for "fit" (and None), else the evaluation
         splits only, so evaluating a checkpoint decodes no training sample."""
-        if self.train_set is not None or (self.val_set is not None and not fitting(stage)):
+        if self.train_set is not None or stage in self._set_up:
             return
+        # "validate" builds val alone; "test" and "predict" val and test, enough for all.
+        self._set_up.update(["validate"] if stage == "validate" else EVALUATION_STAGES)
         splits = self._splits(stage)
-        sources, sizes = self._checked(splits)
         trainer = getattr(self, "trainer", None)
-        mode = resolve(self.cache, lambda: self._nbytes(splits, sizes), trainer)
-        augmentation, sets = self.augmentation, {}
+        if self.decoding_checks:  # the cache's size needs no scan: choose it first
+            mode = resolve(self.cache, lambda: self._nbytes(splits, {}), trainer)
+            sources, sizes = self._checked(splits, mode)
+        else:
+            sources, sizes = self._checked(splits)
+            mode = resolve(self.cache, lambda: self._nbytes(splits, sizes), trainer)
+        augmentation, sets, failed = self.augmentation, {}, []
         for split, samples in splits.items():
             train = split == "train"
             if mode == "none":
@@ -313,23 +338,30 @@ class DecodedDataModule(SeglabDataModule):
                 sets[split] = self.uncached(split, samples, transform)
                 if self.task == "segmentation" and not train:  # batched by size
                     sets[split].sample_sizes = self._sizes(split, samples, sizes)
-            else:
+                continue
+            try:
                 store = self._store(split, samples, mode, sizes, sources.get(split))
-                transform = None if train else augmentation.evaluate
-                sets[split] = DecodedSplit(split, samples, transform, store=store)
+            except DecodeFailed as err:  # the other splits are checked too: one error
+                failed += err.messages
+                continue
+            transform = None if train else augmentation.evaluate
+            sets[split] = DecodedSplit(split, samples, transform, store=store)
+        if failed:
+            raise DecodeFailed(failed)
         if mode != "none":
             self.collate_fn = pass_through
             self.train_batch_transform = augmentation
         if "train" in sets:
             self.check_train(sets["train"])
         self.train_set, self.val_set = sets.get("train"), sets["val"]
-        self.test_set = sets.get("test", self.val_set)
+        # Validating alone leaves test unbuilt (None); `setup("test")` then builds it.
+        self.test_set = None if stage == "validate" else sets.get("test", self.val_set)
         log.info(
-            "%s: %s train, %d val, %d test samples",
+            "%s: %s train, %d val, %s test samples",
             self.root,
             len(self.train_set) if self.train_set is not None else "no",
             len(self.val_set),
-            len(self.test_set),
+            len(self.test_set) if self.test_set is not None else "no",
         )
 
     def check_splits(self) -> tuple[dict[str, Dataset], list[str]]:

@@ -19,10 +19,11 @@ not kept); training adds a random crop of the zero-padded image and a horizontal
 and resized once, into one uint8 array per split, and training batches are cropped and
 flipped on the training device (`ClassificationAugment`); without, every read decodes.
 
-`setup()` reads every image's header first (`seglab.data.headers`; skipped when a disk
-cache is built for these files): files that are no whole image stop the run there, all
-named in one error. An image that still cannot be decoded later raises SeglabError naming
-it and its split (with a cache: while the cache is built). With `skip_corrupt` both are
+Without a cache, `setup()` reads every image's header first (`seglab.data.headers`): files
+that are no whole image stop the run there, all named in one error. With a cache, decoding
+every image once is that check (no file is opened twice): the build goes through every
+image and stops with one error naming all that fail. An image that still cannot be
+decoded later raises SeglabError naming it and its split. With `skip_corrupt` these are
 warnings instead and the image is left out (without a cache: dropped from its batch, the
 count logged as `<stage>/skipped_files`).
 
@@ -411,6 +412,8 @@ class ImageFolderDataModule(DecodedDataModule):
                 "remove the file, or set data.skip_corrupt=true to skip unreadable images"
             ) from err
         return self.resize(image), label
+
+    decoding_checks = True  # `decode` reads the whole file: a cache build is the scan
 
     def scan(self, splits: dict[str, list[Sample]]) -> None:
         """Read the header of every image of `splits` (`seglab.data.headers`): files that
