@@ -16,6 +16,7 @@ from torch import nn
 
 from seglab.config import CONFIG_DIR
 from seglab.data import SeglabDataModule
+from seglab.lightning_compat import auto_precision
 from seglab.modules import schedule_length_kwargs
 from seglab.train import instantiate_all
 
@@ -100,7 +101,9 @@ def test_option_composes_and_instantiates(make_cfg, group, option):
         scheduler = factory(optimizer, **schedule_length_kwargs(factory, 10))
         assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
     elif group == "trainer":
-        trainer = instantiate(node, logger=False)
+        # precision=auto is seglab's, resolved by seglab.train as here (Lightning has none).
+        extra = {"precision": auto_precision(on_cpu=True)[0]} if node.precision == "auto" else {}
+        trainer = instantiate(node, logger=False, **extra)
         assert isinstance(trainer, L.Trainer)
         assert trainer.max_epochs == node.max_epochs
     elif group == "inference":
@@ -122,7 +125,10 @@ def test_ddp_trainer_config_is_distributed(make_cfg, option, sync_batchnorm):
     """The built Trainer runs DDP over `devices` processes (gloo on the CPU), without the
     unused-parameter search, with SyncBatchNorm where the option asks for it."""
     # trainer=ddp picks its accelerator at run time; pinned to the CPU it builds anywhere.
-    cfg = make_cfg(f"trainer={option}", "trainer.accelerator=cpu", tiny=False)
+    # (trainer.precision=auto is seglab.train's to resolve; a Trainer built here takes none.)
+    cfg = make_cfg(
+        f"trainer={option}", "trainer.accelerator=cpu", "trainer.precision=32-true", tiny=False
+    )
     trainer = instantiate(cfg.trainer, logger=False)
     strategy = trainer.strategy
     assert isinstance(strategy, DDPStrategy), type(strategy)

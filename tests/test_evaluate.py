@@ -15,7 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from seglab.checkpoint import load_run
+from seglab.checkpoint import RECORD_KEY, load_run, read_checkpoint
 from seglab.config import compose
 from seglab.errors import SeglabError
 from seglab.evaluate import evaluate
@@ -62,6 +62,19 @@ def test_evaluate_reproduces_the_training_runs_test_metrics(trained, tmp_path):
     result = _evaluate(tmp_path, _best(run_dir))
     for name in ("test/mIoU", "test/acc", "test/mAcc", "test/mDice", "test/IoU/triangle"):
         assert result["metrics"][name] == train_metrics[name], name
+
+
+def test_a_mixed_precision_runs_test_metrics_are_full_precision_ones(tmp_path):
+    # Trained in bf16-mixed (emulated where the CPU lacks it), tested with autocast off:
+    # evaluate's 32-true pass over the same checkpoint gives the very same numbers.
+    run_dir = tmp_path / "run"
+    overrides = [*TINY_RUN, "trainer.max_epochs=1", "report=false", "logger=none"]
+    metrics = train(compose([*overrides, "trainer.precision=bf16-mixed"], output_dir=run_dir))
+    record = read_checkpoint(Path(_best(run_dir)))[RECORD_KEY]
+    assert record["config"]["trainer"]["precision"] == "bf16-mixed"
+    result = _evaluate(tmp_path / "eval", _best(run_dir))
+    for name in ("test/mIoU", "test/acc", "test/loss"):
+        assert result["metrics"][name] == metrics[name], name
 
 
 def test_evaluate_writes_tables_and_confusion_matrix(trained, tmp_path):

@@ -70,6 +70,7 @@ def test_trained_learning_rate_reaches_zero_with_poly(make_cfg):
     """Through the real Trainer: 2 epochs x 2 batches, poly -> lr 0 after the 4th step."""
     cfg = make_cfg(
         "scheduler=poly",
+        "trainer.precision=32-true",  # auto is seglab.train's; this builds the Trainer itself
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",

@@ -139,8 +139,16 @@ class TaskModule(L.LightningModule):
                 sync_dist=True,
                 batch_size=1,
             )
-        logits = self(images) if stage == "train" else self.predict_logits(images)
-        loss = self.loss(logits, targets)
+        if stage == "train":
+            logits = self(images)
+            loss = self.loss(logits, targets)
+        else:
+            # Validation and test compute in full precision under mixed-precision training
+            # (autocast off): scores do not depend on trainer.precision, and a run's test
+            # metrics are exactly what `evaluate` (32-true) gives its checkpoint.
+            with torch.autocast(images.device.type, enabled=False):
+                logits = self.predict_logits(images)
+                loss = self.loss(logits, targets)
         if stage != "train":
             getattr(self, f"{stage}_metrics").update(self._metric_inputs(logits.detach()), targets)
         self.log(
