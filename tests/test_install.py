@@ -189,7 +189,8 @@ else:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 EXTRAS = {"sweeps": {"optuna", "plotly"}, "dashboard": {"optuna-dashboard"},
-          "launchers": {"hydra-joblib-launcher", "hydra-submitit-launcher"}}  # fmt: skip
+          "launchers": {"hydra-joblib-launcher", "hydra-submitit-launcher"},
+          "plan": {"scipy"}}  # fmt: skip
 
 
 def _names(requirements: list[str]) -> set[str]:
