@@ -90,6 +90,9 @@ def test_small_images_give_a_small_crop_whole_evaluation_and_strong_augmentation
     assert experiment["model"]["encoder_name"] == "tu-resnet10t"  # 24 images
     assert experiment["data"]["scale_range"] == [0.5, 2.0]
     assert experiment["data"]["color_jitter"]["brightness"] == 0.3
+    # Shapes' background outweighs a shape class under 50x: no class weights.
+    shares = [c["pixel_share"] for c in result["fingerprint"]["classes"]]
+    assert 10 < max(shares) / min(shares) < 50 and experiment["loss"]["weight"] is None
     # The user's data options are carried over, so the file runs as is.
     assert experiment["data"]["root"] == str(root)
     assert experiment["data"]["num_classes"] == 4
