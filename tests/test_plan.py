@@ -223,23 +223,40 @@ def test_without_scipy_the_fingerprint_names_the_extra(tmp_path, monkeypatch):
         plan(cfg)
 
 
-def test_the_readme_shapes_plan_composes_into_a_training_config(tmp_path, monkeypatch):
-    # README "Plan an experiment": seglab.plan budget=00:00:03:00 name=shapes3 as typed,
-    # in a temporary working directory; the file it writes composes with seglab-train's
-    # config and sets what plan.json says.
-    monkeypatch.chdir(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "seglab.plan", "budget=00:00:03:00", "name=shapes3"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+README_PLAN = ["budget=00:00:01:30", "name=quick"]  # README "Plan an experiment"
+
+
+def _plan_command(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seglab.plan", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def test_the_readme_shapes_plan_composes_into_a_training_config(tmp_path, monkeypatch):
+    # The README's plan command as typed, in a temporary working directory: the file it
+    # writes composes with seglab-train's config and sets what plan.json says.
+    done = _plan_command(tmp_path, *README_PLAN)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "plan" / "runs").iterdir()
     planned = json.loads((run_dir / "plan.json").read_text())["plan"]
     monkeypatch.setenv("SEGLAB_CONFIG_PATH", str(tmp_path / "conf"))  # as --config-dir conf
-    cfg = compose(["experiment=shapes3"], output_dir=tmp_path / "t")
+    cfg = compose(["experiment=quick"], output_dir=tmp_path / "t")
     for d in planned["decisions"]:
         assert OmegaConf.select(cfg, d["key"]) == d["value"], d["key"]
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.PolynomialLR"
+    # Typed again: the file (perhaps edited since) is kept, and the error says what to do.
+    written = tmp_path / "conf" / "experiment" / "quick.yaml"
+    written.write_text(written.read_text() + "# my edit\n")
+    again = _plan_command(tmp_path, *README_PLAN)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1] == (
+        "seglab: error: conf/experiment/quick.yaml exists (an earlier plan, perhaps edited "
+        "since); choose another name=..., or overwrite=true to replace it"
+    )
+    assert written.read_text().endswith("# my edit\n")
+    assert _plan_command(tmp_path, *README_PLAN, "overwrite=true").returncode == 0
+    assert "# my edit" not in written.read_text()
 
 
 def test_the_fingerprint_of_shapes_matches_its_masks(tmp_path):
@@ -253,6 +270,25 @@ def test_the_fingerprint_of_shapes_matches_its_masks(tmp_path):
         assert printed.pixel_share == pytest.approx((masks == c).mean(), abs=1e-6)
         assert printed.image_share == pytest.approx((masks == c).any(axis=(1, 2)).mean())
     assert found.max_size == [48, 48] and found.channels == 3
+
+
+@pytest.mark.slow
+def test_the_readme_plan_and_train_commands_end_within_the_budget(tmp_path):
+    """The README's two `quick` commands exactly as written, in a temporary working
+    directory with the default run directory: the training command's wall time is
+    within 10% of the 90-second budget."""
+    done = _plan_command(tmp_path, *README_PLAN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "seglab.train", "--config-dir", "conf", "experiment=quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert "test/mIoU" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert abs(wall - 90) <= 9, f"ran {wall:.1f} s for a 90 s budget"
 
 
 @pytest.mark.slow

@@ -492,6 +492,12 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
         raise SeglabError("budget is required, as DD:HH:MM:SS (budget=00:01:00:00 for an hour)")
     if not str(cfg.name).replace("_", "").replace("-", "").isalnum():
         raise SeglabError(f"name={cfg.name!r} must be letters, digits, _ or -: it names a file")
+    target = config_dir(cfg) / "experiment" / f"{cfg.name}.yaml"
+    if target.exists() and not cfg.get("overwrite"):
+        raise SeglabError(
+            f"{target} exists (an earlier plan, perhaps edited since); choose another "
+            "name=..., or overwrite=true to replace it"
+        )
     datamodule: SeglabDataModule = instantiate(cfg.data)
     if datamodule.task != "segmentation":
         raise SeglabError(
@@ -508,7 +514,6 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     decided = decide(print_, datamodule, cfg.data, cfg.model, budget, cfg.memory, device)
     data_option = HydraConfig.get().runtime.choices.data
     text = render(decided, print_, cfg, data_option)
-    target = config_dir(cfg) / "experiment" / f"{cfg.name}.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".yaml.partial")
     partial.write_text(text)
