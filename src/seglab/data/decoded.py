@@ -320,8 +320,6 @@ class DecodedDataModule(SeglabDataModule):
         splits only, so evaluating a checkpoint decodes no training sample."""
         if self.train_set is not None or stage in self._set_up:
             return
-        # "validate" builds val alone; "test" and "predict" val and test, enough for all.
-        self._set_up.update(["validate"] if stage == "validate" else EVALUATION_STAGES)
         splits = self._splits(stage)
         trainer = getattr(self, "trainer", None)
         if self.decoding_checks:  # the cache's size needs no scan: choose it first
@@ -356,6 +354,9 @@ class DecodedDataModule(SeglabDataModule):
         self.train_set, self.val_set = sets.get("train"), sets["val"]
         # Validating alone leaves test unbuilt (None); `setup("test")` then builds it.
         self.test_set = None if stage == "validate" else sets.get("test", self.val_set)
+        # Built (a failed build is tried again): "validate" built val alone, "test" and
+        # "predict" val and test, enough for every evaluation stage.
+        self._set_up.update(["validate"] if stage == "validate" else EVALUATION_STAGES)
         log.info(
             "%s: %s train, %d val, %s test samples",
             self.root,
