@@ -67,6 +67,7 @@ def run_plan(tmp_path: Path, root: Path, names, *extra: str) -> tuple[dict, dict
             f"data.num_classes={len(names)}",
             "num_workers=0",
             f"config_dir={tmp_path / 'conf'}",
+            "overwrite=true",  # several plans per test
             *extra,
         ],
         output_dir=tmp_path / "out",
@@ -192,8 +193,15 @@ def test_the_budget_is_split_into_training_time_and_the_rest(tmp_path):
     assert experiment["trainer"]["max_epochs"] == -1
     assert "override /scheduler: poly" in experiment["_text"]
     # A budget too short for two epochs: refused with the least budget that would do.
-    with pytest.raises(SeglabError, match=r"budget=00:00:00:05 leaves .* give at least budget="):
+    with pytest.raises(
+        SeglabError, match=r"budget=00:00:00:05 leaves .* give at least budget="
+    ) as e:
         run_plan(tmp_path, root, CLASSES, "budget=00:00:00:05")
+    least = str(e.value).rsplit("budget=", 1)[1]
+    # The least budget named plans (with the margin of 10 s to spare for timing noise).
+    d, h, m, s = map(int, least.split(":"))
+    seconds = ((d * 24 + h) * 60 + m) * 60 + s + 10
+    run_plan(tmp_path, root, CLASSES, f"budget=00:00:{seconds // 60:02d}:{seconds % 60:02d}")
 
 
 def test_a_large_dataset_gets_a_deeper_encoder_and_milder_scaling(tmp_path):
@@ -318,3 +326,16 @@ def test_seglab_plan_then_train_runs_as_written_and_ends_within_its_budget(tmp_p
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert "test/mIoU" in metrics
     assert abs(wall - budget) <= 0.1 * budget, f"ran {wall:.1f} s for a {budget} s budget"
+
+
+def test_on_a_cpu_the_smallest_batch_near_the_best_rate_is_chosen():
+    trials = [
+        {"batch": 2, "peak_bytes": 1, "step_s": 0.01},  # 200 images/s, but below batch 4
+        {"batch": 4, "peak_bytes": 2, "step_s": 0.05},  # 80
+        {"batch": 8, "peak_bytes": 3, "step_s": 0.085},  # 94: within 10% of 16's
+        {"batch": 16, "peak_bytes": 4, "step_s": 0.16},  # 100
+    ]
+    assert choose_batch(trials, limit=10, gpu=False)[0] == 8
+    assert choose_batch(trials, limit=3, gpu=False)[0] == 8  # 16 does not fit
+    assert choose_batch(trials, limit=1, gpu=False)[0] == 2  # only 2 fits
+    assert choose_batch(trials, limit=10, gpu=True)[0] == 16

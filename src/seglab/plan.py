@@ -263,15 +263,14 @@ def choose_batch(trials: list[dict], limit: int, gpu: bool) -> tuple[int, str]:
     if gpu:
         best = max((t for t in fits if t["batch"] <= 16), key=lambda t: t["batch"])
         return best["batch"], "the largest batch (up to 16) whose step fits the memory limit"
-    rate = {t["batch"]: t["batch"] / t["step_s"] for t in fits}
+    floor = min(4, max(t["batch"] for t in fits))  # batch 2 only where 4 does not fit
+    rate = {t["batch"]: t["batch"] / t["step_s"] for t in fits if t["batch"] >= floor}
     top = max(rate.values())
-    for t in fits:
-        if t["batch"] >= min(4, fits[-1]["batch"]) and rate[t["batch"]] >= 0.9 * top:
-            return t["batch"], (
-                f"{rate[t['batch']]:.1f} images/s, within 10% of the best measured "
-                f"({top:.1f}); smaller batches give more updates in the budget"
-            )
-    raise AssertionError("unreachable: the best batch is within 10% of itself")
+    batch = min(b for b, r in rate.items() if r >= 0.9 * top)
+    return batch, (
+        f"{rate[batch]:.1f} images/s, within 10% of the best measured from batch {floor} "
+        f"({top:.1f}); smaller batches give more updates in the budget"
+    )
 
 
 def decide(
@@ -374,10 +373,11 @@ def decide(
     fixed = STARTUP_S + cache_s + test_s + REPORT_S + MARGIN * budget_s
     fit_s = budget_s - fixed
     if fit_s < 2 * (epoch_s + val_s):
+        least = (fixed - MARGIN * budget_s + 2 * (epoch_s + val_s)) / (1 - MARGIN) + 1
         raise SeglabError(
             f"budget={_hms(budget_s)} leaves {max(0, fit_s):.0f} s to train, less than 2 "
             f"epochs ({epoch_s + val_s:.0f} s each on this machine); give at least "
-            f"budget={_hms(fixed + 2 * (epoch_s + val_s) + 1)}"
+            f"budget={_hms(least)}"
         )
     every = max(1, math.ceil(val_s / (0.1 * epoch_s))) if epoch_s else 1
     epochs = fit_s / (epoch_s + val_s / every)
