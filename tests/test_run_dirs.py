@@ -330,3 +330,17 @@ def test_the_readme_precision_auto_option_says_what_it_chose(tmp_path):
     assert f"trainer.precision=auto: {chosen} ({why})" in log
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "finished"
+
+
+def test_the_holder_reads_back_after_a_second_claim_of_the_same_process(tmp_path):
+    # The refusal another process prints names the holder from run.lock; a second claim
+    # (train() inside a claimed command) rewrote it after NUL bytes, unreadable JSON.
+    directory = tmp_path / "run"
+    acquire(directory)
+    acquire(directory)
+    try:
+        assert held_by(directory)["pid"] == os.getpid()
+        assert b"\0" not in (directory / LOCK_FILE).read_bytes()
+    finally:
+        release(directory)
+        release(directory)

@@ -250,7 +250,9 @@ class _Lock:
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, (json.dumps(holder) + "\n").encode())
+        # At offset 0: a second claim of this process writes it again, and the descriptor's
+        # offset (past the first write) would leave NUL bytes before it, unreadable JSON.
+        os.pwrite(self.fd, (json.dumps(holder) + "\n").encode(), 0)
 
     def release(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
