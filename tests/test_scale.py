@@ -46,6 +46,10 @@ def test_ddp_two_processes_match_single_process_evaluation(tmp_path):
     _cli(
         "trainer=ddp_cpu",
         *DDP_DATA,
+        # Pinned: weights trained in bf16-mixed (precision=auto's choice on a bf16 CPU)
+        # gave a DDP test mIoU 5e-6 off the single-process evaluation (0.1539949 against
+        # 0.1539995), not yet explained; see the closing note of issue 23.
+        "trainer.precision=32-true",
         "trainer.max_epochs=1",
         "logger=none",
         f"hydra.run.dir={run_dir}",
