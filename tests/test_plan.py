@@ -280,6 +280,21 @@ def test_the_fingerprint_of_shapes_matches_its_masks(tmp_path):
     assert found.max_size == [48, 48] and found.channels == 3
 
 
+def _train_planned(cwd: Path, name: str) -> float:
+    """`seglab.train --config-dir conf experiment=NAME` in `cwd`, the default run
+    directory: its wall time, after checking it tested."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "seglab.train", "--config-dir", "conf", f"experiment={name}"],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (cwd / "outputs" / "train" / "runs").iterdir()
+    assert "test/mIoU" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    return wall
+
+
 @pytest.mark.slow
 def test_the_readme_plan_and_train_commands_end_within_the_budget(tmp_path):
     """The README's two `quick` commands exactly as written, in a temporary working
@@ -287,15 +302,7 @@ def test_the_readme_plan_and_train_commands_end_within_the_budget(tmp_path):
     within 10% of the 90-second budget."""
     done = _plan_command(tmp_path, *README_PLAN)
     assert done.returncode == 0, done.stderr[-3000:]
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "seglab.train", "--config-dir", "conf", "experiment=quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    wall = time.monotonic() - started
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    assert "test/mIoU" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    wall = _train_planned(tmp_path, "quick")
     assert abs(wall - 90) <= 9, f"ran {wall:.1f} s for a 90 s budget"
 
 
@@ -315,16 +322,7 @@ def test_seglab_plan_then_train_runs_as_written_and_ends_within_its_budget(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "conf" / "experiment" / "mine.yaml").is_file()
     assert "seglab-train --config-dir conf experiment=mine" in done.stdout  # the next step
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "seglab.train", "--config-dir", "conf", "experiment=mine"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    wall = time.monotonic() - started
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    assert "test/mIoU" in metrics
+    wall = _train_planned(tmp_path, "mine")
     assert abs(wall - budget) <= 0.1 * budget, f"ran {wall:.1f} s for a {budget} s budget"
 
 

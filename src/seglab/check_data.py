@@ -50,7 +50,7 @@ def _identity(item: Any) -> Any:
     return item
 
 
-class _SampleSummaries(Dataset):
+class SampleSummaries(Dataset):
     """Reads sample `i` of `dataset` (in a loader worker) and returns what the report
     needs: label counts, image statistics and size; or the error it raised."""
 
@@ -71,6 +71,10 @@ class _SampleSummaries(Dataset):
             image, target = self.dataset[index]
         except SeglabError as err:
             return {"error": str(err)}
+        return self.summarise(index, image, target)
+
+    def summarise(self, index: int, image: Any, target: Any) -> dict[str, Any]:
+        """The summary of sample `index`, read as `(image, target)`."""
         image = torch.as_tensor(image)
         pixels = image.double()
         if image.is_floating_point():  # normalised: back to the 0-255 scale
@@ -215,7 +219,7 @@ def scan(
     warnings: list[str] = []
     reports: dict[str, SplitReport] = {}
     for split, dataset in datasets.items():
-        summaries: Dataset = _SampleSummaries(dataset, split, datamodule)
+        summaries: Dataset = SampleSummaries(dataset, split, datamodule)
         if limit is not None and len(summaries) > limit:  # type: ignore[arg-type]
             summaries = torch.utils.data.Subset(summaries, range(limit))
         loader = DataLoader(

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from seglab.check_data import SampleSummaries
 from seglab.data.base import SeglabDataModule
 from seglab.errors import SeglabError
 
@@ -79,56 +80,30 @@ class Fingerprint:
         return asdict(self)
 
 
-class _Summaries(Dataset):
-    """Sample `i` of a split summarised in a loader worker: size, channel sums and, for
-    segmentation, per-class pixel counts and object sizes."""
-
-    def __init__(self, dataset: Dataset, datamodule: SeglabDataModule) -> None:
-        self.dataset = dataset
-        self.task = datamodule.task
-        self.num_classes = datamodule.num_classes
-        self.ignore_index = datamodule.ignore_index
-        self.mean = torch.tensor(datamodule.mean, dtype=torch.float64).view(3, 1, 1)
-        self.std = torch.tensor(datamodule.std, dtype=torch.float64).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+class _Summaries(SampleSummaries):
+    """The checker's summary of sample `i` (size, channel sums, per-class counts, every
+    8-bit label value), read in a loader worker, with its channels, the seconds the read
+    and summary took and, for segmentation, each class's objects: (area, extent) pairs."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         started = time.perf_counter()
-        image, target = self.dataset[index]
-        seconds = time.perf_counter() - started
-        image = torch.as_tensor(image)
-        pixels = image.double()
-        if image.is_floating_point():  # normalised: back to the 0-255 scale
-            pixels = pixels * self.std + self.mean
-        summary: dict[str, Any] = {
-            "seconds": seconds,
-            "size": tuple(image.shape[-2:]),
-            "channels": int(image.shape[0]),
-            "sum": pixels.sum(dim=(1, 2)).numpy(),
-            "sq_sum": (pixels**2).sum(dim=(1, 2)).numpy(),
-            "pixels": int(image.shape[-2] * image.shape[-1]),
-        }
-        counts = np.zeros(self.num_classes, np.int64)
+        summary = super().__getitem__(index)
+        summary["seconds"] = time.perf_counter() - started
+        return summary
+
+    def summarise(self, index: int, image: Any, target: Any) -> dict[str, Any]:
+        summary = super().summarise(index, image, target)
+        summary["channels"] = int(torch.as_tensor(image).shape[0])
+        summary["objects"] = {}
         if self.task != "segmentation":
-            counts[int(target)] = 1
-            summary.update(counts=counts, ignored=0, objects={})
             return summary
         mask = torch.as_tensor(target).numpy()
-        values, numbers = np.unique(mask, return_counts=True)
-        objects: dict[int, list[tuple[int, int]]] = {}
-        for value, number in zip(values.tolist(), numbers.tolist(), strict=True):
-            if not 0 <= value < self.num_classes:
-                continue
-            counts[value] = number
+        for value in np.flatnonzero(summary["counts"]).tolist():
             labels, found = ndimage.label(mask == value, structure=np.ones((3, 3), bool))
             areas = np.bincount(labels.ravel(), minlength=found + 1)[1:]
             boxes = ndimage.find_objects(labels)
             extents = [max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
-            objects[value] = list(zip(areas.tolist(), extents, strict=True))
-        ignored = int(numbers[values == self.ignore_index].sum())
-        summary.update(counts=counts, ignored=ignored, objects=objects)
+            summary["objects"][value] = list(zip(areas.tolist(), extents, strict=True))
         return summary
 
 
@@ -161,7 +136,7 @@ def fingerprint(
     if limit is not None and count > limit:
         chosen = Subset(train, np.linspace(0, count - 1, limit).round().astype(int).tolist())
     loader = DataLoader(
-        _Summaries(chosen, datamodule), batch_size=None, num_workers=num_workers,
+        _Summaries(chosen, "train", datamodule), batch_size=None, num_workers=num_workers,
         collate_fn=_identity,
     )  # fmt: skip
     names = list(datamodule.class_names)
@@ -170,21 +145,23 @@ def fingerprint(
     objects: list[list[tuple[int, int]]] = [[] for _ in names]
     sizes, seconds, ignored, channels = [], 0.0, 0, 3
     total, sums, sq_sums = 0, np.zeros(3), np.zeros(3)
-    try:
-        for summary in tqdm(loader, desc="fingerprinting train", unit="sample", leave=False):
-            sizes.append(summary["size"])
-            seconds += summary["seconds"]
-            channels = summary["channels"]
-            counts += summary["counts"]
-            present += summary["counts"] > 0
-            ignored += summary["ignored"]
-            for value, found in summary["objects"].items():
-                objects[value] += found
-            total += summary["pixels"]
-            sums += summary["sum"]
-            sq_sums += summary["sq_sum"]
-    except SeglabError as err:
-        raise SeglabError(f"{err} (seglab-check-data lists every problem of the dataset)") from err
+    for summary in tqdm(loader, desc="fingerprinting train", unit="sample", leave=False):
+        if "error" in summary:  # unreadable, or label values out of range
+            raise SeglabError(
+                f"{summary['error']} (seglab-check-data lists every problem of the dataset)"
+            )
+        sizes.append(summary["size"])
+        seconds += summary["seconds"]
+        channels = summary["channels"]
+        counts += summary["counts"]
+        present += summary["counts"] > 0
+        if "values" in summary and 0 <= datamodule.ignore_index < 256:
+            ignored += int(summary["values"][datamodule.ignore_index])
+        for value, found in summary["objects"].items():
+            objects[value] += found
+        total += summary["pixels"]
+        sums += summary["channel_sum"]
+        sq_sums += summary["channel_sq_sum"]
     read = len(sizes)
     shape = np.asarray(sizes, np.float64)
     mean = sums / total
