@@ -48,6 +48,7 @@ import math
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -102,6 +103,17 @@ class Plan:
 
     def value(self, key: str) -> Any:
         return next(d.value for d in self.decisions if d.key == key)
+
+    def set(self, key: str, value: Any, why: str) -> None:
+        """Replace `key`'s decision (in its place), or add it."""
+        for d in self.decisions:
+            if d.key == key:
+                d.value, d.why = value, why
+                return
+        self.add(key, value, why)
+
+    def remove(self, key: str) -> None:
+        self.decisions = [d for d in self.decisions if d.key != key]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,16 +293,23 @@ def decide(
     budget: timedelta,
     memory: float | None,
     device: torch.device,
+    encoder: str | None = None,
+    crop: int | None = None,
 ) -> Plan:
-    """The plan for `print_` within `budget` (see the module docstring for the rules)."""
+    """The plan for `print_` within `budget` (see the module docstring for the rules);
+    `encoder` and `crop`, when given, replace the rules' choice (seglab-auto's
+    candidates), and the batch is measured for them."""
     plan = Plan()
     budget_s = budget.total_seconds()
     train_n = print_.samples["train"]
     eval_n = sum(n for split, n in print_.samples.items() if split != "train")
     crops = "crop_size" in data_cfg
     if crops:
-        crop, why = crop_size(print_)
-        plan.add("data.crop_size", crop, why)
+        planned, why = crop_size(print_)
+        if crop is not None and crop != planned:
+            why = f"a candidate of seglab-auto (the rule gives {planned}: {why})"
+        plan.add("data.crop_size", crop or planned, why)
+        crop = crop or planned
     else:  # e.g. data=shapes: whole images of one size
         crop = _floor32(min(print_.height["median"], print_.width["median"]))
     if 2 * crop < max(print_.max_size):
@@ -301,7 +320,10 @@ def decide(
     else:
         plan.evaluate = "inference=whole"
 
-    encoder, why = encoder_for(train_n, budget_s)
+    planned, why = encoder_for(train_n, budget_s)
+    if encoder is not None and encoder != planned:
+        why = f"a candidate of seglab-auto (the rule gives {planned}: {why})"
+    encoder = encoder or planned
     plan.groups["model"] = "unet"
     plan.add("model.encoder_name", encoder, why)
     plan.add("model.encoder_weights", None, "random init works offline; imagenet downloads weights")
@@ -432,14 +454,24 @@ def _data_overrides() -> dict[str, str]:
     return found
 
 
-def render(plan: Plan, print_: Fingerprint, cfg: DictConfig, data_option: str) -> str:
-    """The experiment file: the defaults list, then every key with its reason above it."""
+def render(
+    plan: Plan,
+    print_: Fingerprint,
+    cfg: DictConfig,
+    data_option: str,
+    name: str | None = None,
+    by: str = "seglab-plan",
+    note: Sequence[str] = (),
+) -> str:
+    """The experiment file: the defaults list, then every key with its reason above it;
+    `note` lines go into the header."""
     lines = [
         "# @package _global_",
-        f"# Planned by seglab-plan on {datetime.now():%Y-%m-%d %H:%M} for budget={cfg.budget}",
+        f"# Planned by {by} on {datetime.now():%Y-%m-%d %H:%M} for budget={cfg.budget}",
         f"# from {print_.read} of {print_.samples['train']} training images of "
         f"{print_.dataset}; edit freely.",
-        f"#   seglab-train --config-dir <this folder's parent> experiment={cfg.name}",
+        *(f"# {line}" for line in note),
+        f"#   seglab-train --config-dir <this folder's parent> experiment={name or cfg.name}",
         f"# Evaluate with: seglab-evaluate ckpt_path=<best.ckpt> {plan.evaluate}",
         "defaults:",
         f"  - override /data: {data_option}",
@@ -485,19 +517,37 @@ def config_dir(cfg: DictConfig) -> Path:
     return Path(given[0]) if given else Path("conf")
 
 
-def plan(cfg: DictConfig) -> dict[str, Any]:
-    """Fingerprint `cfg.data`, decide, write the experiment file and plan.json."""
+def read_budget(cfg: DictConfig) -> timedelta:
     budget = parse_max_time(cfg.budget)
     if budget is None:
         raise SeglabError("budget is required, as DD:HH:MM:SS (budget=00:01:00:00 for an hour)")
+    return budget
+
+
+def experiment_target(cfg: DictConfig, own: bool = False) -> Path:
+    """Where the experiment file goes; an existing one is refused unless
+    `overwrite=true` or `own` (the command that wrote it continues)."""
     if not str(cfg.name).replace("_", "").replace("-", "").isalnum():
         raise SeglabError(f"name={cfg.name!r} must be letters, digits, _ or -: it names a file")
     target = config_dir(cfg) / "experiment" / f"{cfg.name}.yaml"
-    if target.exists() and not cfg.get("overwrite"):
+    if target.exists() and not cfg.get("overwrite") and not own:
         raise SeglabError(
             f"{target} exists (an earlier plan, perhaps edited since); choose another "
             "name=..., or overwrite=true to replace it"
         )
+    return target
+
+
+def write_text(target: Path, text: str) -> None:
+    """`text` into `target` through a temporary file: never half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".partial")
+    partial.write_text(text)
+    partial.replace(target)
+
+
+def fingerprinted(cfg: DictConfig) -> tuple[SeglabDataModule, Fingerprint]:
+    """The configured segmentation datamodule, prepared, and its fingerprint."""
     datamodule: SeglabDataModule = instantiate(cfg.data)
     if datamodule.task != "segmentation":
         raise SeglabError(
@@ -510,14 +560,23 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "Fingerprint of %d training images in %.1f s", print_.read, time.perf_counter() - started
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return datamodule, print_
+
+
+def device_here() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def plan(cfg: DictConfig) -> dict[str, Any]:
+    """Fingerprint `cfg.data`, decide, write the experiment file and plan.json."""
+    budget = read_budget(cfg)
+    target = experiment_target(cfg)
+    datamodule, print_ = fingerprinted(cfg)
+    device = device_here()
     decided = decide(print_, datamodule, cfg.data, cfg.model, budget, cfg.memory, device)
     data_option = HydraConfig.get().runtime.choices.data
     text = render(decided, print_, cfg, data_option)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".yaml.partial")
-    partial.write_text(text)
-    partial.replace(target)
+    write_text(target, text)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     result = {
