@@ -125,19 +125,19 @@ class Plan:
         }
 
 
-def _floor32(value: float) -> int:
+def floor32(value: float) -> int:
     return max(32, int(value) // 32 * 32)
 
 
 def crop_size(print_: Fingerprint) -> tuple[int, str]:
     short = min(print_.height["median"], print_.width["median"])
-    crop = _floor32(min(short, 512))
+    crop = floor32(min(short, 512))
     why = f"the median image is {print_.height['median']:.0f}x{print_.width['median']:.0f}"
     extents = [(c.object_extent["p90"], c.name) for c in print_.classes[1:] if c.object_extent]
     if extents:
         largest, name = max(extents)
         if largest > crop and short > crop:
-            crop = _floor32(min(short, largest, 1024))
+            crop = floor32(min(short, largest, 1024))
             why += f"; {name} objects reach {largest:.0f} px (90th percentile): the crop holds them"
         else:
             why += f"; the largest objects ({name}, 90th percentile {largest:.0f} px) fit"
@@ -295,10 +295,12 @@ def decide(
     device: torch.device,
     encoder: str | None = None,
     crop: int | None = None,
+    batches: Sequence[int] = BATCHES,
 ) -> Plan:
     """The plan for `print_` within `budget` (see the module docstring for the rules);
     `encoder` and `crop`, when given, replace the rules' choice (seglab-auto's
-    candidates), and the batch is measured for them."""
+    candidates), and the batch is measured for them. `batches` are the batch sizes
+    tried, in order; given largest first, the first whose step fits ends the trials."""
     plan = Plan()
     budget_s = budget.total_seconds()
     train_n = print_.samples["train"]
@@ -311,7 +313,7 @@ def decide(
         plan.add("data.crop_size", crop or planned, why)
         crop = crop or planned
     else:  # e.g. data=shapes: whole images of one size
-        crop = _floor32(min(print_.height["median"], print_.width["median"]))
+        crop = floor32(min(print_.height["median"], print_.width["median"]))
     if 2 * crop < max(print_.max_size):
         stride = max(32, crop * 2 // 3)
         plan.evaluate = (
@@ -342,8 +344,11 @@ def decide(
     trial_step(model_cfg, 0, encoder, datamodule.num_classes, crop, 2, precision, device)
     _release()
     base = _rss() if on_cpu else 0
-    for batch in BATCHES:
+    descending = len(batches) > 1 and batches[0] > batches[-1]
+    for batch in batches:
         if batch > max(2, train_n // 2):
+            if descending:
+                continue
             break
         trial = trial_step(
             model_cfg, base, encoder, datamodule.num_classes, crop, batch, precision, device
@@ -353,7 +358,10 @@ def decide(
             "trial step at batch %d: %.2f s, %.0f MiB", batch, trial["step_s"],
             trial["peak_bytes"] / 2**20,
         )  # fmt: skip
-        if trial["peak_bytes"] > limit or trial["step_s"] * 50 > budget_s:
+        fits = trial["peak_bytes"] <= limit
+        if descending and fits:
+            break
+        if not descending and (not fits or trial["step_s"] * 50 > budget_s):
             break
     batch, why = choose_batch(plan.trials, limit, gpu=not on_cpu)
     plan.add("data.batch_size", batch, f"{why}; limit {limit_why}")
@@ -397,9 +405,9 @@ def decide(
     if fit_s < 2 * (epoch_s + val_s):
         least = (fixed - MARGIN * budget_s + 2 * (epoch_s + val_s)) / (1 - MARGIN) + 1
         raise SeglabError(
-            f"budget={_hms(budget_s)} leaves {max(0, fit_s):.0f} s to train, less than 2 "
+            f"budget={hms(budget_s)} leaves {max(0, fit_s):.0f} s to train, less than 2 "
             f"epochs ({epoch_s + val_s:.0f} s each on this machine); give at least "
-            f"budget={_hms(least)}"
+            f"budget={hms(least)}"
         )
     every = max(1, math.ceil(val_s / (0.1 * epoch_s))) if epoch_s else 1
     epochs = fit_s / (epoch_s + val_s / every)
@@ -415,7 +423,7 @@ def decide(
     plan.groups["scheduler"] = "poly"
     plan.add("trainer.max_epochs", -1, "the run ends at trainer.max_time, not after N epochs")
     plan.add(
-        "trainer.max_time", _hms(fit_s),
+        "trainer.max_time", hms(fit_s),
         f"the budget less start-up {STARTUP_S:.0f} s, cache {cache_s:.0f} s, test and report "
         f"{test_s + REPORT_S:.0f} s and a {MARGIN:.0%} margin: about {epochs:.0f} epochs "
         f"of {epoch_s:.1f} s",
@@ -433,7 +441,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     """DD:HH:MM:SS, rounded down to the second."""
     s = int(max(0, seconds))
     return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -131,11 +131,11 @@ def write_atomically(path: Path, text: str) -> Path:
     return path
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> Path:
+def write_json(path: Path, document: Mapping[str, Any]) -> Path:
     return write_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
-def _read_json(path: Path, strict: bool) -> dict[str, Any] | None:
+def read_json(path: Path, strict: bool) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -149,20 +149,20 @@ def _read_json(path: Path, strict: bool) -> dict[str, Any] | None:
 
 def write_record(directory: str | Path, record: Mapping[str, Any]) -> Path:
     """The run's `run_info.json` (seglab.checkpoint.RunRecord keeps it)."""
-    return _write_json(Path(directory) / RECORD_FILE, record)
+    return write_json(Path(directory) / RECORD_FILE, record)
 
 
 def read_record(directory: str | Path, strict: bool = True) -> dict[str, Any] | None:
     """The run's `run_info.json`; None when it has none (or, not `strict`, when it cannot
     be read: a run killed while writing it)."""
-    return _read_json(Path(directory) / RECORD_FILE, strict)
+    return read_json(Path(directory) / RECORD_FILE, strict)
 
 
 def write_metrics(directory: str | Path, metrics: Mapping[str, Any], **fields: Any) -> Path:
     """`metrics.json` of a run (`optimized_metric`, `best_model_path`) or an evaluation
     (`ckpt_path`, `split`, `inference`, `per_class`): one schema, `{"metrics": {...},
     **fields}`."""
-    return _write_json(
+    return write_json(
         Path(directory) / METRICS_FILE, {"metrics": dict(sorted(metrics.items())), **fields}
     )
 
@@ -170,17 +170,17 @@ def write_metrics(directory: str | Path, metrics: Mapping[str, Any], **fields: A
 def read_metrics(directory: str | Path, strict: bool = True) -> dict[str, Any] | None:
     """The `metrics.json` of `directory`; None when it has none (or, not `strict`, when
     it cannot be read)."""
-    return _read_json(Path(directory) / METRICS_FILE, strict)
+    return read_json(Path(directory) / METRICS_FILE, strict)
 
 
 def write_pruned(directory: str | Path, note: Mapping[str, Any]) -> Path:
     """`pruned.json`: the trial, epoch, metric and value a pruned sweep trial stopped at."""
-    return _write_json(Path(directory) / PRUNED_FILE, note)
+    return write_json(Path(directory) / PRUNED_FILE, note)
 
 
 def read_pruned(directory: str | Path) -> dict[str, Any] | None:
     """The run's `pruned.json`; None when the run was not pruned."""
-    return _read_json(Path(directory) / PRUNED_FILE, strict=True)
+    return read_json(Path(directory) / PRUNED_FILE, strict=True)
 
 
 def is_run_dir(path: Path) -> bool:
