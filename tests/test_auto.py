@@ -65,7 +65,7 @@ def test_no_finished_fold_run_is_an_error_not_a_winner():
 
 def test_the_selection_shrinks_candidates_then_folds_to_fit_its_share():
     rates = [120.0, 60.0, 120.0]
-    # 3 x 3 runs of 180 * 0.25 / 9 = 5 s wall cannot train 50 steps of 0.1 s: 2 x 3 runs
+    # 3 x 3 runs of 180 * 0.25 / 9 = 5 s wall cannot train 5 s (30 steps of 0.1 s): 2 x 3 runs
     # (7.5 s) neither; 2 x 2 runs of 11.25 s train int(11.25 - 3 - 1.125) = 7 s.
     plan = schedule(180, 0.25, 3, 3, rates, pool=3000, eval_per_image=0.003, step_s=0.1)
     assert (plan.candidates, plan.folds, plan.train_s) == (2, 2, 7)
@@ -123,7 +123,7 @@ def test_each_variant_changes_one_decision_in_the_documented_order():
             plan.set("data.crop_size", change["crop"], "candidate")
         return plan
 
-    found = variants(_base(), _print(256), replan, count=4)
+    found = variants(_base(), _print(256), replan, count=4, budget_s=3600)
     assert [name for name, _, _ in found] == ["encoder", "crop", "loss", "batch"]
     assert replanned == [{"encoder": "resnet18"}, {"crop": 192}]  # 1.5 x 128, within 256
     by_name = {name: plan for name, _, plan in found}
@@ -137,8 +137,11 @@ def test_each_variant_changes_one_decision_in_the_documented_order():
     assert batch.value("data.batch_size") == 4
     assert batch.value("optimizer.lr") == pytest.approx(0.0021)  # 0.003 * sqrt(1/2)
     # Images already no larger than the crop: no crop variant; count caps the list.
-    found = variants(_base(), _print(128), replan, count=2)
+    found = variants(_base(), _print(128), replan, count=2, budget_s=3600)
     assert [name for name, _, _ in found] == ["encoder", "loss"]
+    # Under 15 minutes no larger encoder (it cannot train enough after the selection).
+    found = variants(_base(), _print(128), replan, count=3, budget_s=180)
+    assert [name for name, _, _ in found] == ["loss", "batch"]
 
 
 def test_every_candidate_file_composes_into_a_training_config(tmp_path):
@@ -149,7 +152,8 @@ def test_every_candidate_file_composes_into_a_training_config(tmp_path):
     cfg = _auto_cfg(tmp_path)  # also Hydra's record of the command line render() reads
     conf = tmp_path / "conf" / "experiment"
     conf.mkdir(parents=True)
-    for name, _, plan in variants(_base(), _print(256), lambda **c: _base(), count=4):
+    found = variants(_base(), _print(256), lambda **c: _base(), count=4, budget_s=3600)
+    for name, _, plan in found:
         text = render(plan, _print(256), cfg, "folder", name=f"mine__{name}", by="seglab-auto")
         (conf / f"mine__{name}.yaml").write_text(text)
     os.environ["SEGLAB_CONFIG_PATH"] = str(tmp_path / "conf")
@@ -244,6 +248,9 @@ def test_the_readme_auto_command_beats_the_default_within_its_budget(tmp_path):
     again = _auto_command(tmp_path, *SHAPES_README)
     out = _finish(again, timeout=120)
     assert again.returncode == 1 and "auto_shapes.yaml exists" in out, out[-2000:]
+    assert [p for p in (tmp_path / "outputs" / "auto" / "runs").glob("*/auto.json")] == [
+        run_dir / AUTO_JSON
+    ]  # the refused run left no record
 
 
 @pytest.mark.slow
@@ -287,3 +294,55 @@ def test_an_interrupted_auto_continues_where_it_stopped(tmp_path):
     assert all(len(c["scores"]) == 2 for c in state["candidates"])
     assert "test/mIoU" in state["final"]["metrics"]
     assert state["wall_s"] <= 100 * 1.1
+
+
+def _finished_state(run_dir: Path) -> dict:
+    """auto.json of a finished run with known numbers, and its final run's metrics."""
+    classes = [ClassPrint("bg", 0.9, 1.0, 10, {"median": 400.0}, {"p90": 40.0}),
+               ClassPrint("fg", 0.1, 0.5, 5, {"median": 30.0}, {"p90": 9.0})]  # fmt: skip
+    print_ = _print(64)
+    print_.classes = classes
+    state = {
+        "budget": "00:00:03:00", "budget_s": 180.0, "status": "finished", "wall_s": 171.0,
+        "plan_s": 18.3, "selection_s": 46.6, "experiment": "conf/experiment/mine.yaml",
+        "fingerprint": print_.to_dict(),
+        "schedule": {"candidates": 2, "folds": 2, "train_s": 7, "val_images": 239},
+        "candidates": [
+            {"name": "planned", "change": "the rules' plan", "images_per_s": 114.0,
+             "plan": {"decisions": [{"key": "data.batch_size", "value": 16, "why": ""}]},
+             "experiment": "mine__planned", "scores": [0.26, 0.24]},
+            {"name": "encoder", "change": "encoder resnet18 for tu-resnet10t",
+             "images_per_s": 53.0, "plan": {"decisions": []}, "experiment": "mine__encoder",
+             "scores": [0.30, 0.32]},
+        ],
+        "winner": {"name": "encoder", "why": "encoder has the highest mean fold score",
+                   "max_time": "00:00:01:36"},
+        "final": {"metrics": {"test/mIoU": 0.8321, "test/acc": 0.9724,
+                              "test/IoU/bg": 0.9879, "test/IoU/fg": 0.6763}},
+    }  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / AUTO_JSON).write_text(json.dumps(state))
+    return state
+
+
+def test_the_auto_page_shows_the_fingerprint_fold_scores_the_winner_and_test(tmp_path):
+    """The page in headless Chromium: each candidate's fold scores and mean ± std as
+    computed here, the winner marked, why, the per-class test IoU and the overshoot."""
+    from browser import render as browse  # noqa: PLC0415
+
+    from seglab.report.auto import write_auto_report  # noqa: PLC0415
+
+    _finished_state(tmp_path / "run")
+    page = write_auto_report(tmp_path / "run")
+    seen = browse(page.as_uri(), screenshot=tmp_path / "auto.png")
+    dom = seen.dom
+    # planned: mean 0.25, std 0.0141; encoder: mean 0.31, std 0.0141.
+    assert "0.2500 ± 0.0141" in dom and "0.3100 ± 0.0141" in dom
+    assert 'class="best" data-candidate="encoder"' in dom
+    assert "Why encoder:" in dom and "highest mean fold score" in dom
+    assert "0.6763" in dom and "0.8321" in dom  # fg's test IoU, the headline mIoU
+    assert "171 s (-5.0%)" in dom  # 171 s of a 180 s budget
+    assert "2 candidates x 2 folds" in dom and "7 s of training each" in dom
+    assert "90.00%" in dom  # bg's pixel share in the fingerprint table
+    assert not [m for m in seen.console if "error" in m.lower()], seen.console
+    assert seen.screenshot is not None and seen.screenshot.stat().st_size > 10_000
