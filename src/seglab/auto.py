@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ from seglab import rundir
 from seglab.cli import command
 from seglab.config import add_user_config_dir, compose
 from seglab.errors import SeglabError
+from seglab.summary import describe
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ class Candidate:
 
     @property
     def mean(self) -> float | None:
-        return statistics.fmean(self.valid) if self.valid else None
+        return describe(self.valid)["mean"] if self.valid else None
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.valid) if len(self.valid) > 1 else 0.0
+        return (describe(self.valid)["std"] or 0.0) if self.valid else 0.0
 
 
 def _rate(plan: planner.Plan) -> float:

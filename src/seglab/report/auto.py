@@ -10,6 +10,7 @@ from typing import Any
 
 from seglab import rundir
 from seglab.report.html import REPORT_NAME, render
+from seglab.summary import describe
 
 
 def auto_page(run_dir: Path) -> dict[str, Any]:
@@ -20,10 +21,8 @@ def auto_page(run_dir: Path) -> dict[str, Any]:
     candidates = []
     for c in state.get("candidates", []):
         scores = [s for s in c.get("scores", []) if s is not None]
-        mean = sum(scores) / len(scores) if scores else None
-        std = None
-        if len(scores) > 1:
-            std = (sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) ** 0.5
+        stats = describe(scores) if scores else {"mean": None, "std": None}
+        mean, std = stats["mean"], stats["std"]
         candidates.append({
             "name": c["name"],
             "change": c["change"],
