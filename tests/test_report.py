@@ -341,9 +341,9 @@ def test_run_page_in_the_browser(multirun, tmp_path):
     text = " ".join(page.text)
     assert all(name in text for name in names)
     assert "seed=1" in text
-    # per-class chart, curves, confusion matrix, samples: all drawn, none blank
+    # per-class chart, curves, confusion matrix, samples, worst images: all drawn, none blank
     images = _decoded_images(page)
-    assert len(images) == 4
+    assert len(images) == 5
     assert all(_varied(image) for image in images)
     assert "../report.html" in page.links
 
@@ -358,6 +358,7 @@ def test_confusion_matrix_is_the_best_checkpoints_on_validation(multirun):
     assert evaluation["checkpoint"].startswith("checkpoints/best-")
     assert evaluation["recomputed"]["mIoU"] == pytest.approx(logged, abs=1e-6)
     assert evaluation["confusion"].startswith("data:image/png;base64,")
+    assert evaluation["worst"].startswith("data:image/png;base64,")
 
 
 @pytest.mark.slow

@@ -311,6 +311,8 @@ def load_run(ckpt_path: str | Path, map_location: str | torch.device = "cpu") ->
         **checkpoint["hyper_parameters"],
     )
     module.load_state_dict(checkpoint["state_dict"])
+    # Fitted by `seglab.evaluate calibrate=true` (seglab.calibration); 1.0 otherwise.
+    module.temperature = float(record.get("temperature", 1.0))
     return Run(path, module.eval(), cfg, record["run_info"])
 
 

@@ -91,6 +91,10 @@ class TaskModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.scheduler_interval = scheduler_interval
         self.inference = inference
+        # Temperature scaling (seglab.calibration): probabilities are softmax(logits / T).
+        # 1.0 until `seglab.evaluate calibrate=true` fits it; a checkpoint carries it in its
+        # seglab record, exported models in their metadata. Argmax, so masks, never change.
+        self.temperature = 1.0
         metrics = self._make_metrics()
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
@@ -125,7 +129,13 @@ class TaskModule(L.LightningModule):
             return self(images)
         return self.inference(self.net, self.formatted(images))
 
-    def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of `logits` (class dimension 1), temperature-scaled."""
+        return (logits.float() / self.temperature).softmax(dim=1)
+
+    def _shared_step(
+        self, batch: tuple[torch.Tensor, ...], stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # A third element, when present, counts the samples the loader skipped in this
         # batch (unreadable files under `skip_corrupt`); its epoch sum is logged.
         images, targets, *skipped = batch
@@ -160,10 +170,10 @@ class TaskModule(L.LightningModule):
             sync_dist=stage != "train",
             batch_size=images.shape[0],
         )
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "train")
+        loss, _ = self._shared_step(batch, "train")
         # Stop before the optimizer step: no weights (and so no checkpoint) get corrupted.
         if not torch.isfinite(loss):
             raise SeglabError(
@@ -173,11 +183,13 @@ class TaskModule(L.LightningModule):
             )
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    # Validation and test steps return the batch's logits: callbacks get them as
+    # `outputs` (seglab.evaluate's per-image table and calibration read them).
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")[1].detach()
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")[1].detach()
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")

@@ -125,7 +125,7 @@ def colour_mask(mask: torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> 
     return table[index].permute(2, 0, 1)
 
 
-def _fitted(tile: np.ndarray, side: int, labels: bool) -> torch.Tensor:
+def fit_tile(tile: np.ndarray, side: int, labels: bool) -> torch.Tensor:
     """uint8 (H, W, 3) scaled to `side` on its longer side (labels stay crisp) on a white
     `side` square: images of any size share one grid, each shown whole and nothing more.
 
@@ -148,13 +148,13 @@ def segmentation_tiles(
     side: int,
 ) -> list[torch.Tensor]:
     """image | truth | prediction per sample, each at the sample's own size fitted into a
-    `side` square (`_fitted`), for `make_grid(..., nrow=3)`."""
+    `side` square (`fit_tile`), for `make_grid(..., nrow=3)`."""
     tiles = []
     for picture, target, pred in zip(pictures, targets, preds, strict=True):
         tiles += [
-            _fitted(picture, side, labels=False),
-            _fitted(colour_mask(target, palette).permute(1, 2, 0).numpy(), side, labels=True),
-            _fitted(colour_mask(pred, palette).permute(1, 2, 0).numpy(), side, labels=True),
+            fit_tile(picture, side, labels=False),
+            fit_tile(colour_mask(target, palette).permute(1, 2, 0).numpy(), side, labels=True),
+            fit_tile(colour_mask(pred, palette).permute(1, 2, 0).numpy(), side, labels=True),
         ]
     return tiles
 
@@ -199,3 +199,47 @@ def sample_grid(
         for p, t, q in zip(pictures, targets, preds, strict=True)
     ]
     return make_grid(tiles, nrow=4, padding=padding, pad_value=255)
+
+
+def reliability_figure(
+    rows: Sequence[dict], raw_rows: Sequence[dict] | None = None, title: str = ""
+) -> Figure:
+    """The reliability diagram of `seglab.calibration.ReliabilityBins.rows()`: accuracy
+    per confidence bin as bars against the diagonal (perfect calibration), with the share
+    of samples per bin beneath; `raw_rows`, before temperature scaling, as a line."""
+    fig = Figure(figsize=(5.0, 5.6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = 1.0 / len(rows)
+    centres = [(r["bin_low"] + r["bin_high"]) / 2 for r in rows]
+    accuracy = [r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows]
+    top.bar(centres, accuracy, width=width * 0.95, color="#4c72b0", label="accuracy")
+    gaps = [
+        (c, r["confidence"] - r["accuracy"])
+        for c, r in zip(centres, rows, strict=True)
+        if r["accuracy"] is not None
+    ]
+    top.bar(
+        [c for c, _ in gaps],
+        [g for _, g in gaps],
+        bottom=[r["accuracy"] for r in rows if r["accuracy"] is not None],
+        width=width * 0.95,
+        color="none",
+        edgecolor="#c44e52",
+        hatch="//",
+        label="gap to confidence",
+    )
+    if raw_rows is not None:
+        points = [
+            ((r["bin_low"] + r["bin_high"]) / 2, r["accuracy"])
+            for r in raw_rows
+            if r["accuracy"] is not None
+        ]
+        top.plot(*zip(*points, strict=True), "o-", color="#dd8452", label="before scaling")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
+    top.legend(loc="upper left", fontsize=8)
+    total = sum(r["count"] for r in rows) or 1
+    bottom.bar(centres, [r["count"] / total for r in rows], width=width * 0.95, color="grey")
+    bottom.set(xlabel="confidence (probability of the predicted class)", ylabel="share")
+    fig.tight_layout()
+    return fig

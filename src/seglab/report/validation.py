@@ -16,12 +16,15 @@ from seglab.checkpoint import load_run
 from seglab.data.base import from_input
 from seglab.errors import SeglabError
 from seglab.inference import class_indices
+from seglab.per_image import ImageTable, worst_grid
 from seglab.plots import confusion_figure, sample_grid
 from seglab.report.html import data_uri, png
 
 # Validation samples on a run's page: segmentation rows, classification tiles.
 SEGMENTATION_SAMPLES = 4
 CLASSIFICATION_SAMPLES = 8
+# Worst validation images on a run's page.
+WORST = 4
 # Shown size (pixels, longer side) of each image of the sample grid.
 TILE_SIZE = 160
 
@@ -44,6 +47,8 @@ def validate(checkpoint: Path, device: str | None) -> dict[str, Any]:
     picked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     metrics = module.val_metrics
     metrics.reset()
+    ignore = module.ignore_index if module.task == "segmentation" else None
+    table = ImageTable(run.class_names, ignore, module.task, worst=WORST)
     seen = 0
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
@@ -51,6 +56,8 @@ def validate(checkpoint: Path, device: str | None) -> dict[str, Any]:
             logits = module.predict_logits(images)
             metrics.update(logits, targets)
             preds = class_indices(logits) if logits.ndim == 4 else logits.argmax(1)
+            names = [f"val/{seen + i}" for i in range(images.shape[0])]
+            table.update(names, images, module.probabilities(logits), targets)
             for i in range(images.shape[0]):
                 if seen + i in chosen:
                     picked.append((images[i].cpu(), targets[i].cpu(), preds[i].cpu()))
@@ -64,6 +71,7 @@ def validate(checkpoint: Path, device: str | None) -> dict[str, Any]:
         "val_count": len(dataset),
         "recomputed": values,
         "samples": samples(picked, run.class_names, datamodule, segmentation),
+        "worst": worst(table, run.class_names, datamodule, segmentation),
         "legend": [
             {"name": name, "colour": "#{:02x}{:02x}{:02x}".format(*colour)}
             for name, colour in zip(run.class_names, datamodule.palette, strict=False)
@@ -71,6 +79,23 @@ def validate(checkpoint: Path, device: str | None) -> dict[str, Any]:
         if segmentation
         else None,
     }
+
+
+def worst(table: ImageTable, class_names, datamodule: Any, segmentation: bool) -> str | None:
+    """The worst validation images (lowest per-image mIoU; for a classifier the most
+    confident mistakes) as one PNG data URI: image | truth | prediction | error map."""
+    chosen = table.worst
+    if not chosen:
+        return None
+    pictures = [from_input(image, datamodule.mean, datamodule.std) for _, image, _, _ in chosen]
+    if not segmentation:
+        return samples(
+            [(image, t, p) for _, image, t, p in chosen], class_names, datamodule, False
+        )
+    grid = worst_grid(chosen, pictures, datamodule.palette, table.ignore_index, side=TILE_SIZE)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return data_uri(buffer.getvalue())
 
 
 def samples(
