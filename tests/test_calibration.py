@@ -125,7 +125,9 @@ def test_per_image_table_matches_each_images_own_confusion_worst_first(run, tmp_
             row = by_name[f"test/{i}"]
             values = metrics_from_confusion(confmat, names)
             assert float(row["mIoU"]) == pytest.approx(float(values["mIoU"]), abs=1e-6)
-            assert float(row["acc"]) == pytest.approx(float(confmat.diag().sum()) / 64 / 64, abs=1e-6)
+            assert float(row["acc"]) == pytest.approx(
+                float(confmat.diag().sum()) / 64 / 64, abs=1e-6
+            )
             assert int(row["pixels"]) == 64 * 64
             for c, name in enumerate(names):
                 union = confmat[c].sum() + confmat[:, c].sum() - confmat[c, c]

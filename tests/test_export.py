@@ -131,6 +131,7 @@ def test_onnx_metadata_round_trip(seg_ckpt, seg_onnx):
     assert json.loads(meta["mean"]) == pytest.approx(ShapesDataModule.mean)
     assert json.loads(meta["std"]) == pytest.approx(ShapesDataModule.std)
     assert json.loads(meta["input_size"]) == [SEG_SIZE, SEG_SIZE]
+    assert json.loads(meta["temperature"]) == 1.0
 
 
 def test_torchscript_segmentation_parity_and_metadata(seg_ckpt):
@@ -152,6 +153,24 @@ def test_torchscript_segmentation_parity_and_metadata(seg_ckpt):
         out = loaded(torch.from_numpy(images)).numpy()
     assert out.shape == (3, 4, 128, 96)
     np.testing.assert_allclose(out, _reference(seg_ckpt, images), atol=ATOL, rtol=RTOL)
+
+
+def test_a_calibrated_checkpoints_onnx_output_is_divided_by_its_temperature(seg_ckpt, tmp_path):
+    """evaluate calibrate=true stores a temperature; the exported logits carry it (softmax
+    of them is calibrated, argmax unchanged) and the metadata names it."""
+    from seglab.checkpoint import RECORD_KEY, read_checkpoint  # noqa: PLC0415
+
+    checkpoint = read_checkpoint(seg_ckpt)
+    checkpoint[RECORD_KEY]["temperature"] = 2.0
+    calibrated = tmp_path / "calibrated.ckpt"
+    torch.save(checkpoint, calibrated)
+    result = export(_export_cfg(calibrated, "dynamo=false", f"output={tmp_path / 'c.onnx'}"))
+    assert json.loads(_onnx_metadata(result["path"])["temperature"]) == 2.0
+    images = _images(1, 3, 64, 96)
+    out = _run_onnx(result["path"], images)
+    reference = _reference(seg_ckpt, images)
+    np.testing.assert_allclose(out, reference / 2.0, atol=ATOL, rtol=RTOL)
+    assert (out.argmax(1) == reference.argmax(1)).all()
 
 
 def test_legacy_onnx_exporter_keeps_dynamic_height_and_width(seg_ckpt, tmp_path):

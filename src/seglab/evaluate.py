@@ -4,11 +4,15 @@
     python -m seglab.evaluate ckpt_path=... inference=slide inference.window=[256,256]
     python -m seglab.evaluate ckpt_path=... inference.flip=true inference.scales=[0.75,1,1.25]
     python -m seglab.evaluate ckpt_path=... split=val data=shapes data.num_val=1000
+    python -m seglab.evaluate ckpt_path=... calibrate=true
 
 Writes into outputs/eval/runs/<time>/: metrics.json, per_class.csv, confusion_matrix.csv
-(pixel counts for segmentation, image counts for classification) and confusion_matrix.png.
-Classifiers report top-1 accuracy, top-5 accuracy (more than 5 classes), mean and
-per-class accuracy.
+(pixel counts for segmentation, image counts for classification), confusion_matrix.png,
+per_image.csv (every image's scores, worst first: `seglab.per_image`), worst_images.png,
+reliability.csv and reliability.png (the expected calibration error's bins:
+`seglab.calibration`) and, with calibrate=true, calibrated.ckpt (the checkpoint with the
+temperature fitted on val). Classifiers report top-1 accuracy, top-5 accuracy (more than 5
+classes), mean and per-class accuracy.
 """
 
 from __future__ import annotations

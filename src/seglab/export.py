@@ -13,7 +13,9 @@ multiples of 32). Sliding-window or test-time-augmented inference is not part of
 
 Metadata travels in the file: ONNX `metadata_props` and the TorchScript extra file
 `metadata.json` both hold `class_names`, `mean`, `std` (JSON lists), `task`,
-`input_size` (the training size, [H, W]) and, for segmentation, `size_divisor` and
+`input_size` (the training size, [H, W]), `temperature` (1.0 unless the checkpoint was
+calibrated by `seglab.evaluate calibrate=true`; the exported logits are already divided by
+it, so their softmax is calibrated) and, for segmentation, `size_divisor` and
 `pad_value`: `seglab.predict` pads each normalised image at the bottom and right to a
 multiple of `size_divisor` with `pad_value` and crops the logits back (the README shows
 the onnxruntime lines that reproduce it):
@@ -174,11 +176,26 @@ def _metadata(run: Run) -> dict[str, Any]:
         "std": run.std,
         "task": run.task,
         "input_size": list(run.datamodule.input_size),
+        # The output logits are already divided by it: softmax(output) is calibrated.
+        "temperature": run.module.temperature,
     }
     if run.task == "segmentation":
         metadata["size_divisor"] = SegmentationInference.size_divisor  # predict's default
         metadata["pad_value"] = 0.0
     return metadata
+
+
+class TemperatureScaled(nn.Module):
+    """`net`'s logits divided by a fitted temperature (`seglab.calibration`): the same
+    argmax, calibrated probabilities."""
+
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net = net
+        self.temperature = float(temperature)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images) / self.temperature
 
 
 @contextmanager
@@ -356,6 +373,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     metadata = _metadata(run)
     task = run.task
     net = run.module.net.to(device="cpu", dtype=torch.float32).eval()
+    if run.module.temperature != 1.0:
+        # A calibrated checkpoint (seglab.evaluate calibrate=true): the exported model's
+        # logits are divided by the temperature, so softmax of them is calibrated.
+        net = TemperatureScaled(net, run.module.temperature).eval()
 
     check_size = cfg.get("check_size")
     size = size_pair(check_size if check_size is not None else metadata["input_size"])

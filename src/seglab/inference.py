@@ -33,7 +33,7 @@ def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
     return None if value is None else size_pair(value)
 
 
-def _pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Zero-pad (N, 3, h, w) at the bottom and right to at least (height, width); zero is
     the mean colour after normalisation."""
     pad_h, pad_w = max(height - images.shape[-2], 0), max(width - images.shape[-1], 0)
@@ -82,26 +82,42 @@ class SegmentationInference:
 
     @torch.no_grad()
     def __call__(self, net: Net, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_views(net, images, keep_views=False)[0]
+
+    @torch.no_grad()
+    def logits_and_views(
+        self, net: Net, images: torch.Tensor, keep_views: bool = True
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The averaged logits (what `__call__` returns) and, with `keep_views`, the
+        logits of each augmented view (every scale, flipped and not) at the images' size:
+        their disagreement is `seglab.predict uncertainty=true`'s test-time-augmentation
+        map. One pass either way."""
         height, width = images.shape[-2:]
         total = None
+        views: list[torch.Tensor] = []
+
+        def resized(logits: torch.Tensor) -> torch.Tensor:
+            if logits.shape[-2:] == (height, width):
+                return logits
+            return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
         for scale in self.scales:
             scaled = images
             if scale != 1.0:
                 size = (max(1, round(height * scale)), max(1, round(width * scale)))
                 scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            logits = self._flip_average(net, scaled)
+            logits = self._infer(net, scaled)
+            if keep_views:
+                views.append(resized(logits))
+            if self.flip:
+                flipped = self._infer(net, scaled.flip(-1)).flip(-1)
+                if keep_views:
+                    views.append(resized(flipped))
+                logits = (logits + flipped) / 2
             if scale != 1.0:
-                logits = F.interpolate(
-                    logits, size=(height, width), mode="bilinear", align_corners=False
-                )
+                logits = resized(logits)
             total = logits if total is None else total + logits
-        return total / len(self.scales)
-
-    def _flip_average(self, net: Net, images: torch.Tensor) -> torch.Tensor:
-        logits = self._infer(net, images)
-        if self.flip:
-            logits = (logits + self._infer(net, images.flip(-1)).flip(-1)) / 2
-        return logits
+        return total / len(self.scales), views
 
     def _infer(self, net: Net, images: torch.Tensor) -> torch.Tensor:
         return self._slide(net, images) if self.mode == "slide" else self._whole(net, images)
@@ -109,13 +125,13 @@ class SegmentationInference:
     def _whole(self, net: Net, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         div = self.size_divisor
-        padded = _pad_to(images, -(-height // div) * div, -(-width // div) * div)
+        padded = pad_to(images, -(-height // div) * div, -(-width // div) * div)
         return net(padded)[..., :height, :width]
 
     def _slide(self, net: Net, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         (win_h, win_w), (step_h, step_w) = self.window, self.stride
-        padded = _pad_to(images, win_h, win_w)
+        padded = pad_to(images, win_h, win_w)
         full_h, full_w = padded.shape[-2:]
         # Window origins: every stride, the last one flush with the bottom/right edge.
         tops = sorted(

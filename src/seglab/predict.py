@@ -12,6 +12,13 @@ recursive) or a glob pattern. A segmentation checkpoint writes, for `photos/cat.
     output/color/cat.png     the mask in the data's palette (RGB)
     output/overlay/cat.png   the image blended with the colour mask (`overlay_alpha`)
 
+With `uncertainty=true` also `output/uncertainty/cat.png` (softmax entropy / log C, 255 =
+uniform), with test-time augmentation `output/disagreement/cat.png` (share of augmented
+views off the mask's class), and `output/uncertainty.csv` ranking every image by its mean
+entropy; with `explain=<class>` also `output/explain/cat.png`, the class's Grad-CAM map
+over the image (`seglab.explain`). Probabilities use the checkpoint's temperature
+(`seglab.evaluate calibrate=true`); masks never depend on it.
+
 A classification checkpoint writes `output/predictions.csv` (`file,class,probability`;
 a cell starting with = + - @ is written with a leading ' so a spreadsheet shows it as text).
 The output folder is never inside the input's folder tree, and one holding files no
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +54,7 @@ from seglab.checkpoint import load_run
 from seglab.cli import command
 from seglab.data.io import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from seglab.errors import SeglabError
+from seglab.explain import class_activation_maps, overlay_heatmap, resolve_class
 from seglab.inference import class_indices
 from seglab.output_folder import OutputFolder
 
@@ -180,16 +190,22 @@ class _SegmentationWriter:
         return [f"{kind}/{path.stem}.png" for path in paths for kind in cls.SUBFOLDERS]
 
     def __call__(
-        self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
+        self,
+        paths: Sequence[str],
+        images: Sequence[np.ndarray],
+        logits: torch.Tensor,
+        maps: dict[str, Sequence[np.ndarray]] | None = None,
     ) -> None:
         masks = class_indices(logits).to(torch.uint8).cpu().numpy()
-        for path, image, mask in zip(paths, images, masks, strict=True):
+        for i, (path, image, mask) in enumerate(zip(paths, images, masks, strict=True)):
             name = f"{Path(path).stem}.png"
             color = self.palette[mask]
             blend = (1 - self.alpha) * image.astype(np.float32) + self.alpha * color
             self.folder.write(f"masks/{name}", _save_png(mask))  # 2-D uint8 -> mode "L"
             self.folder.write(f"color/{name}", _save_png(color))
             self.folder.write(f"overlay/{name}", _save_png(np.rint(blend).astype(np.uint8)))
+            for kind, arrays in (maps or {}).items():
+                self.folder.write(f"{kind}/{name}", _save_png(arrays[i]))
 
     def close(self) -> None:
         pass
@@ -203,6 +219,7 @@ class _ClassificationWriter:
 
     def __init__(self, class_names: Sequence[str], folder: OutputFolder) -> None:
         self.class_names = [csv_cell(name) for name in class_names]
+        self.folder = folder
         # Rows are written as they come, so an interrupted run keeps what it predicted.
         self.file = folder.open_stream(self.CSV)
         self.csv = csv.writer(self.file)
@@ -213,12 +230,19 @@ class _ClassificationWriter:
         return [cls.CSV]
 
     def __call__(
-        self, paths: Sequence[str], images: Sequence[np.ndarray], logits: torch.Tensor
+        self,
+        paths: Sequence[str],
+        images: Sequence[np.ndarray],
+        probabilities: torch.Tensor,
+        maps: dict[str, Sequence[np.ndarray]] | None = None,
     ) -> None:
-        top, labels = logits.softmax(dim=1).max(dim=1)
+        top, labels = probabilities.max(dim=1)
         for path, probability, label in zip(paths, top.tolist(), labels.tolist(), strict=True):
             self.csv.writerow([csv_cell(path), self.class_names[label], f"{probability:.6f}"])
         self.file.flush()
+        for kind, arrays in (maps or {}).items():
+            for path, array in zip(paths, arrays, strict=True):
+                self.folder.write(f"{kind}/{Path(path).stem}.png", _save_png(array))
 
     def close(self) -> None:
         self.file.close()
@@ -271,8 +295,34 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     else:
         kind = _ClassificationWriter
         size = datamodule.input_size  # the classifier's dense layer fixes its input size
+    uncertainty = bool(cfg.get("uncertainty", False))
+    explain = cfg.get("explain")
+    explaining = explain is not None
+    target = None  # explain=predicted: each image's predicted class (classifiers)
+    if explaining and str(explain) != "predicted":
+        target = resolve_class(str(explain), run.class_names)
+    elif explaining and run.task == "segmentation":
+        raise SeglabError(
+            "explain=predicted is for classifiers; a segmentation map explains one class: "
+            f"explain=<one of {', '.join(run.class_names)}>"
+        )
+    tta = run.task == "segmentation" and uncertainty and _augments(module.inference)
+    maps = [
+        kind_
+        for kind_, wanted in (
+            ("uncertainty", uncertainty and run.task == "segmentation"),
+            ("disagreement", tta),
+            ("explain", explain is not None),
+        )
+        if wanted
+    ]
+    if maps and run.task != "segmentation":
+        _check_unique_stems(paths)
+    planned = kind.planned(paths) + [f"{m}/{p.stem}.png" for p in paths for m in maps]
+    if uncertainty:
+        planned.append(UNCERTAINTY_CSV)
     # Refuses the input tree, foreign files and links before anything is written.
-    folder.claim(str(cfg.input), kind.planned(paths), kind.SUBFOLDERS)
+    folder.claim(str(cfg.input), planned, (*kind.SUBFOLDERS, *maps))
     if kind is _SegmentationWriter:
         writer: _SegmentationWriter | _ClassificationWriter = _SegmentationWriter(
             datamodule.palette, folder, float(cfg.overlay_alpha)
@@ -292,11 +342,45 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     pending: list[tuple[str, np.ndarray]] = []
     batch_size = int(cfg.batch_size)
 
+    ranking: list[dict[str, Any]] = []
+
     def flush() -> None:
         nonlocal written
+        names = [path for path, _ in pending]
         images = [image for _, image in pending]
         batch = torch.stack([datamodule.to_input(image) for image in images]).to(device)
-        writer([path for path, _ in pending], images, module.predict_logits(batch))
+        views: list[torch.Tensor] = []
+        if tta:
+            logits, views = module.inference.logits_and_views(module.net, module.formatted(batch))
+        else:
+            logits = module.predict_logits(batch)
+        probabilities = module.probabilities(logits)
+        extra: dict[str, list[np.ndarray]] = {}
+        if uncertainty:
+            entropy = normalized_entropy(probabilities)
+            disagreeing = disagreement(views, logits) if views else None
+            for i, name in enumerate(names):
+                ranking.append(
+                    {
+                        "file": csv_cell(name),
+                        "entropy": round(float(entropy[i].mean()), 6),
+                        "disagreement": ""
+                        if disagreeing is None
+                        else round(float(disagreeing[i].mean()), 6),
+                    }
+                )
+            if run.task == "segmentation":
+                extra["uncertainty"] = _grey(entropy)
+                if disagreeing is not None:
+                    extra["disagreement"] = _grey(disagreeing)
+        if explaining:
+            with torch.enable_grad():
+                cams = class_activation_maps(module, batch, target, run.task)
+            extra["explain"] = [
+                overlay_heatmap(image, cam)
+                for image, cam in zip(images, cams.cpu().numpy(), strict=True)
+            ]
+        writer(names, images, logits if run.task == "segmentation" else probabilities, extra)
         written += len(pending)
         progress.update(len(pending))
         pending.clear()
@@ -305,7 +389,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         with (
             logging_redirect_tqdm(),  # log lines print above the bar instead of through it
             tqdm(total=len(paths), desc="predict", unit="img") as progress,
-            torch.inference_mode(),
+            # Grad-CAM needs gradients: tensors made under inference mode cannot have them.
+            torch.no_grad() if explaining else torch.inference_mode(),
         ):
             for path, item in loader:
                 if isinstance(item, str):
@@ -321,6 +406,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 flush()
     finally:
         writer.close()
+        if uncertainty and ranking:
+            _write_ranking(folder, ranking)
 
     summary = f"wrote {written} of {len(paths)} images to {output}; {len(failed)} failed"
     if failed:
@@ -328,6 +415,47 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     else:
         log.info(summary)
     return {"total": len(paths), "written": written, "failed": failed, "output": str(output)}
+
+
+UNCERTAINTY_CSV = "uncertainty.csv"
+
+
+def normalized_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy of the class distribution over dim 1 divided by log(C): 0 certain, 1 the
+    uniform distribution. (N, C, ...) -> (N, ...)."""
+    return torch.special.entr(probabilities.float()).sum(dim=1) / math.log(probabilities.shape[1])
+
+
+def disagreement(views: Sequence[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """Share of the test-time-augmented views whose class differs from the averaged
+    prediction's, per pixel: (N, H, W) in [0, 1]."""
+    final = class_indices(logits)
+    differing = sum((class_indices(view) != final).float() for view in views)
+    return differing / len(views)
+
+
+def _augments(inference: Any) -> bool:
+    return bool(getattr(inference, "flip", False)) or len(getattr(inference, "scales", ())) > 1
+
+
+def _grey(values: torch.Tensor) -> list[np.ndarray]:
+    """[0, 1] maps -> 8-bit grey images (255 = 1)."""
+    return list(torch.round(values.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy())
+
+
+def _write_ranking(folder: OutputFolder, rows: list[dict[str, Any]]) -> None:
+    """uncertainty.csv: most uncertain first, what to label next."""
+    ordered = sorted(rows, key=lambda r: -r["entropy"])
+
+    def save(file: Any) -> None:
+        text = io.TextIOWrapper(file, newline="")
+        writer = csv.DictWriter(text, fieldnames=["rank", "file", "entropy", "disagreement"])
+        writer.writeheader()
+        writer.writerows({"rank": i + 1, **row} for i, row in enumerate(ordered))
+        text.flush()
+        text.detach()
+
+    folder.write(UNCERTAINTY_CSV, save)
 
 
 @command("predict")
