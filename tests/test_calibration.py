@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -185,3 +186,45 @@ def test_evaluate_refuses_bad_calibration_settings(run, tmp_path):
         _evaluate(tmp_path, run, "ece_bins=0")
     with pytest.raises(SeglabError, match="worst"):
         _evaluate(tmp_path, run, "worst=-1")
+
+
+def _readme_commands() -> list[list[str]]:
+    """The commands of the README's "Where the model is wrong" block, as written."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("### Where the model is wrong", 1)[1].split("```bash", 1)[1]
+    lines = block.split("```", 1)[0].strip().splitlines()
+    return [line.split()[2:] for line in lines]  # after ".venv/bin/python -m"
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_as_written(run, tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from seglab.data.shapes import SHAPES, render_scene  # noqa: PLC0415
+
+    images = tmp_path / "path" / "to" / "images"
+    images.mkdir(parents=True)
+    for i in range(3):
+        image, _ = render_scene(np.random.default_rng(i), (64, 80), SHAPES, 3)
+        Image.fromarray(image).save(images / f"{i}.png")
+    commands = _readme_commands()
+    assert [c[0] for c in commands] == ["seglab.evaluate", "seglab.predict", "seglab.predict"]
+    for command in [commands[0], *commands]:  # evaluate twice: two run directories
+        args = [a.replace("<ckpt>", str(run)) for a in command]
+        done = subprocess.run(
+            [sys.executable, "-m", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    runs = sorted((tmp_path / "outputs" / "eval" / "runs").iterdir())
+    assert len(runs) == 2
+    for folder in runs:
+        assert (folder / "calibrated.ckpt").is_file() and (folder / "per_image.csv").is_file()
+        saved = json.loads((folder / "metrics.json").read_text())
+        calibration = saved["calibration"]
+        assert calibration["temperature"] > 0 and calibration["fitted_on"] == "val"
+        assert saved["metrics"]["test/ECE"] == calibration["ece"]
+    assert len(list((tmp_path / "to_label" / "disagreement").glob("*.png"))) == 3
+    with open(tmp_path / "to_label" / "uncertainty.csv") as f:
+        assert [r["rank"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert len(list((tmp_path / "explained" / "explain").glob("*.png"))) == 3
