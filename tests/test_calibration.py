@@ -228,3 +228,57 @@ def test_the_readme_commands_run_as_written(run, tmp_path):
     with open(tmp_path / "to_label" / "uncertainty.csv") as f:
         assert [r["rank"] for r in csv.DictReader(f)] == ["1", "2", "3"]
     assert len(list((tmp_path / "explained" / "explain").glob("*.png"))) == 3
+
+
+def test_a_classifiers_per_image_rows_put_confident_mistakes_first(tmp_path):
+    run_dir = tmp_path / "run"
+    train(
+        compose(
+            [
+                "experiment=shapes_cnn",
+                "data.num_train=32",
+                "data.num_val=16",
+                "data.num_test=24",
+                "data.batch_size=8",
+                "trainer.max_epochs=1",
+                "trainer.accelerator=cpu",
+                "trainer.enable_model_summary=false",
+                "logger=none",
+                "report=false",
+            ],
+            output_dir=run_dir,
+        )
+    )
+    ckpt = Path(json.loads((run_dir / "metrics.json").read_text())["best_model_path"])
+    result = _evaluate(tmp_path / "eval", ckpt)
+    rows = _read_csv(tmp_path / "eval" / "per_image.csv")
+    assert len(rows) == 24 and list(rows[0]) == [
+        "image",
+        "label",
+        "predicted",
+        "probability",
+        "correct",
+    ]
+    loaded = load_run(ckpt)
+    data = loaded.datamodule
+    data.setup("test")
+    by_name = {r["image"]: r for r in rows}
+    bins = ReliabilityBins(15)
+    with torch.no_grad():
+        for i in range(len(data.test_set)):
+            image, label = data.test_set[i]
+            p = loaded.module(image[None]).softmax(1)
+            bins.update(p, torch.tensor([label]))
+            row = by_name[f"test/{i}"]
+            assert row["label"] == loaded.class_names[label]
+            assert row["predicted"] == loaded.class_names[int(p.argmax())]
+            assert float(row["probability"]) == pytest.approx(float(p.max()), abs=1e-5)
+            assert row["correct"] == str(row["label"] == row["predicted"])
+    # mistakes first, most confident first; then hits, least confident first
+    wrong = [float(r["probability"]) for r in rows if r["correct"] == "False"]
+    right = [float(r["probability"]) for r in rows if r["correct"] == "True"]
+    assert [r["correct"] for r in rows] == ["False"] * len(wrong) + ["True"] * len(right)
+    assert wrong == sorted(wrong, reverse=True) and right == sorted(right)
+    # ECE over images, as computed here image by image
+    assert result["calibration"]["samples"] == 24
+    assert result["calibration"]["ece"] == pytest.approx(bins.ece(), abs=1e-5)
