@@ -131,9 +131,11 @@ class Recorder(L.Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._start(trainer.test_dataloaders)
+        self.names = sample_names(trainer.datamodule, "test")
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._start(trainer.val_dataloaders)
+        self.names = sample_names(trainer.datamodule, "val")
 
     def _batch(self, module: Any, logits: torch.Tensor, batch: Any, batch_idx: int) -> None:
         images, targets = batch[0], batch[1]
@@ -181,8 +183,6 @@ def _pass(
 ) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[recorder])
     loop = trainer.test if split == "test" else trainer.validate
-    datamodule.setup("test" if split == "test" else "validate")
-    recorder.names = sample_names(datamodule, split)
     logged = loop(module, datamodule=datamodule, verbose=False)[0]
     if trainer.world_size > 1:
         log.warning(
