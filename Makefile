@@ -11,7 +11,7 @@ RUN ?=
 SWEEP ?=
 STORAGE ?=
 
-.PHONY: install train eval check-data report sweep dashboard test test-slow test-all bench tensorboard lint format clean
+.PHONY: install train eval check-data report sweep dashboard test test-slow test-all bench tensorboard mlflow lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench: $(STAMP)  ## seglab vs raw PyTorch throughput -> outputs/bench/; ARGS="--
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)
+
+mlflow: $(STAMP)  ## the MLflow UI on the runs logged with logger=mlflow (outputs/mlflow.db) on http://localhost:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --default-artifact-root outputs/mlflow-artifacts $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -247,7 +247,9 @@ COLUMNS = (
     ("seed", "seed"),
 )
 # Overrides that say where a run writes or how it was launched, not what it trains.
-BOOKKEEPING = re.compile(r"^(hydra|paths|hparams_search|callbacks\.optuna_trial|ckpt_path)([./]|$)")
+BOOKKEEPING = re.compile(
+    r"^(hydra|paths|logger|hparams_search|callbacks\.optuna_trial|ckpt_path)([./]|$)"
+)
 
 
 class Launch(NamedTuple):
@@ -424,12 +426,15 @@ def log_hparams(
     metrics: Mapping[str, float | None],
 ) -> None:
     """Record the run for comparison with others: for TensorBoard, its row of the
-    HParams table (`run_hparams`) with the final metrics (`final_metrics`); other
-    loggers get `params`, the whole resolved config."""
+    HParams table (`run_hparams`) with the final metrics (`final_metrics`); a seglab
+    tracker (`seglab.trackers.MLflowLogger.log_run`) the row, `params` and those
+    metrics; other loggers get `params`, the whole resolved config."""
     shown = final_metrics(dict(metrics))
     for logger in trainer.loggers:
         if isinstance(logger, LightningTensorBoardLogger):
             if trainer.is_global_zero:
                 write_hparams(logger.experiment, row, shown)
+        elif hasattr(logger, "log_run"):  # seglab.trackers: the row's choices as params
+            logger.log_run(row, params, {name: metrics[name] for name in shown})
         else:
             logger.log_hyperparams(dict(params))

@@ -47,6 +47,7 @@ from seglab.run_log import RunLog, position, stop_reason, to_log_files, to_log_f
 from seglab.stop import StopOnSignal, Stopped
 from seglab.sweeps import Pruned, raise_if_pruned
 from seglab.tensorboard import launch, log_hparams, run_hparams
+from seglab.trackers import end_runs
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +188,16 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
                 )
                 log.info("Run directory: %s", output_dir)
         except BaseException as err:
-            _record_failure(err, record, stopper, trainer)
+            try:
+                _record_failure(err, record, stopper, trainer)
+            finally:
+                end_runs(trainer.loggers if trainer is not None else [], output_dir)
             raise
         finally:
             stopper.uninstall()
         record.finish(stop_reason=reason)
         _write_report(cfg, output_dir)
+        end_runs(trainer.loggers, output_dir)
     return metrics
 
 

@@ -199,6 +199,15 @@ class _ShapesDataModule(SeglabDataModule):
         """The class of each sample, to stratify folds by; None: not stratified."""
         return None
 
+    _fold_names: dict[str, list[str]] | None = None
+
+    def split_files(self) -> dict[str, list[str]]:
+        """With `folds`, the scenes of this fold's train and val sets, named after the
+        dataset's own splits ("train/<i>", "val/<i>"): the run directory's `splits/`,
+        evaluate's and seglab-audit's image names. Nothing without folds (the splits are
+        the dataset's own)."""
+        return dict(self._fold_names or {})
+
     def setup(self, stage: str | None = None) -> None:
         if self.folds is not None and self.train_set is None:
             parts = {
@@ -211,6 +220,10 @@ class _ShapesDataModule(SeglabDataModule):
                 names, self.seed, labels=None if labels[0] is None else np.concatenate(labels)
             )
             pooled = ConcatDataset(list(parts.values()))
+            self._fold_names = {
+                "train": [names[i] for i in train],
+                "val": [names[i] for i in val],
+            }
             self.train_set, self.val_set = (
                 Subset(pooled, train.tolist()),
                 Subset(pooled, val.tolist()),

@@ -89,9 +89,7 @@ def worst(table: ImageTable, class_names, datamodule: Any, segmentation: bool) -
         return None
     pictures = [from_input(image, datamodule.mean, datamodule.std) for _, image, _, _ in chosen]
     if not segmentation:
-        return samples(
-            [(image, t, p) for _, image, t, p in chosen], class_names, datamodule, False
-        )
+        return samples([(image, t, p) for _, image, t, p in chosen], class_names, datamodule, False)
     grid = worst_grid(chosen, pictures, datamodule.palette, table.ignore_index, side=TILE_SIZE)
     buffer = io.BytesIO()
     Image.fromarray(grid).save(buffer, format="PNG")
