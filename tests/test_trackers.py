@@ -20,8 +20,6 @@ from seglab.config import compose
 from seglab.tensorboard import COLUMNS
 from seglab.train import train
 
-mlflow = pytest.importorskip("mlflow", reason="mlflow is a dev dependency (seglab[trackers])")
-
 FAST = [
     "data.num_train=32",
     "data.num_val=16",
@@ -212,7 +210,6 @@ def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
     """No account, no network: the run lands in <run dir>/wandb/offline-run-*, its
     history holds one val/mIoU per epoch equal to metrics.json's last, its config the
     resolved config."""
-    pytest.importorskip("wandb", reason="wandb is a dev dependency (seglab[trackers])")
     monkeypatch.chdir(tmp_path)
     for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
         monkeypatch.delenv(key, raising=False)
