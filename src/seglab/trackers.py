@@ -19,7 +19,6 @@ instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -174,9 +173,3 @@ def end_runs(loggers: Sequence[Any], run_dir: Path) -> None:
             tracker.end(str(record.get("status", "failed")), None if best is None else str(best))
         except Exception as err:  # noqa: BLE001 - the run itself is done and recorded
             log.warning("MLflow: the run's end was not recorded: %s", redact_text(str(err)))
-
-
-def read_run_id(run_dir: Path) -> str | None:
-    """The MLflow run id kept in `run_dir` (None when the run logged to no MLflow)."""
-    path = Path(run_dir) / RUN_ID_FILE
-    return json.loads(path.read_text())["run_id"] if path.is_file() else None
